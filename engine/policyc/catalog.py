@@ -1,0 +1,254 @@
+"""Read what the live database has: the snapshot the compiler and plan work from.
+
+Every query here is read-only and batched per object family, so plan costs a handful of round
+trips however many tables and groups a policy has.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import psycopg
+
+from policyc.policy.model import TableName
+from policyc.resources import sql_dir
+
+MANAGED_ROLE_COMMENT = "policyc group {group} of database {database}"
+RUNTIME_ROLES = ("policyc_owner", "policyc_auditor", "policyc_proxy")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type_sql: str  # format_type(): "character varying(40)", "date", ...
+    type_name: str  # pg_type.typname of the base type: "varchar", "date", "int4", ...
+    category: str  # pg_type.typcategory: S string, D datetime, N numeric, U user (uuid), ...
+    not_null: bool
+    has_default: bool
+
+
+@dataclass(frozen=True)
+class Table:
+    name: TableName
+    kind: str  # r table, p partitioned table, v view, m materialized view, f foreign
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    row_security: bool
+    public_privileges: tuple[str, ...]  # privileges PUBLIC holds on it (bypass risk)
+
+    def column(self, name: str) -> Column | None:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        return None
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    comment: str | None
+    can_login: bool
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    key: str
+    family: str
+    desired_hash: str
+    observed: str
+    semantic: Mapping[str, Any]
+    drop_sql: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A snapshot of the parts of the database a policy touches."""
+
+    database: str
+    server_version: int
+    is_superuser: bool
+    tables: Mapping[TableName, Table]
+    roles: Mapping[str, Role]
+    runtime_version: str | None
+    runtime_via_extension: bool
+    extension_available: bool
+    ledger: Mapping[str, LedgerEntry]
+    observed: Mapping[str, str] = field(default_factory=dict)
+    extra_privileges: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@cache
+def _query(name: str) -> str:
+    """Catalog queries live in sql/catalog/NAME.sql."""
+    return (sql_dir() / "catalog" / f"{name}.sql").read_text()
+
+
+def _fetch(conn: psycopg.Connection[Any], query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Run a query; ``query`` is a file name in sql/catalog or, with a space, SQL text."""
+    text = query if " " in query else _query(query)
+    with conn.cursor() as cur:
+        cur.execute(text.encode() if params is None else text, params)
+        return cur.fetchall()
+
+
+_TABLES = "tables"
+
+_COLUMNS = "columns"
+
+_ROLES = "roles"
+
+
+def load_tables(
+    conn: psycopg.Connection[Any], names: Iterable[TableName]
+) -> dict[TableName, Table]:
+    wanted = sorted(set(names))
+    schemas = [t.schema for t in wanted]
+    rels = [t.name for t in wanted]
+    columns: dict[TableName, list[Column]] = {}
+    for schema, rel, attname, type_sql, typname, category, not_null, has_def in _fetch(
+        conn, _COLUMNS, (schemas, rels)
+    ):
+        columns.setdefault(TableName(schema, rel), []).append(
+            Column(attname, type_sql, typname, category, not_null, has_def)
+        )
+    tables = {}
+    for schema, rel, kind, rls, public, pk in _fetch(conn, _TABLES, (schemas, rels)):
+        name = TableName(schema, rel)
+        tables[name] = Table(
+            name, kind, tuple(columns.get(name, [])), tuple(pk), rls, tuple(public)
+        )
+    return tables
+
+
+def load_roles(conn: psycopg.Connection[Any], names: Iterable[str]) -> dict[str, Role]:
+    return {
+        name: Role(name, comment, login)
+        for name, comment, login in _fetch(conn, _ROLES, (sorted(set(names)),))
+    }
+
+
+def _runtime(conn: psycopg.Connection[Any]) -> tuple[str | None, bool, bool]:
+    ext = _fetch(conn, "SELECT extversion FROM pg_extension WHERE extname = 'policyc'")
+    available = bool(
+        _fetch(conn, "SELECT 1 FROM pg_available_extensions WHERE name = 'policyc'")
+    )
+    if ext:
+        return str(ext[0][0]), True, available
+    has_ledger = _fetch(conn, "SELECT to_regclass('policyc.applied_objects') IS NOT NULL")[0][0]
+    if not has_ledger:
+        return None, False, available
+    row = _fetch(
+        conn,
+        "SELECT semantic ->> 'version' FROM policyc.applied_objects "
+        "WHERE object_key = 'runtime'",
+    )
+    return (str(row[0][0]) if row and row[0][0] else None), False, available
+
+
+def load_ledger(conn: psycopg.Connection[Any]) -> dict[str, LedgerEntry]:
+    if not _fetch(conn, "SELECT to_regclass('policyc.applied_objects') IS NOT NULL")[0][0]:
+        return {}
+    rows = _fetch(
+        conn,
+        "SELECT object_key, family, desired_hash, observed, semantic, drop_sql "
+        "FROM policyc.applied_objects",
+    )
+    return {
+        key: LedgerEntry(key, family, digest, observed, semantic, tuple(drop))
+        for key, family, digest, observed, semantic, drop in rows
+    }
+
+
+def snapshot(
+    conn: psycopg.Connection[Any],
+    tables: Iterable[TableName],
+    roles: Iterable[str],
+    service_role: str,
+) -> Catalog:
+    """Everything plan needs, read in one go (observations are added by :func:`observe_all`)."""
+    database, version, superuser = _fetch(
+        conn,
+        "SELECT current_database(), current_setting('server_version_num')::int, "
+        "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+    )[0]
+    version_installed, via_extension, available = _runtime(conn)
+    return Catalog(
+        database=database,
+        server_version=version,
+        is_superuser=superuser,
+        tables=load_tables(conn, tables),
+        roles=load_roles(conn, [*roles, service_role, *RUNTIME_ROLES]),
+        runtime_version=version_installed,
+        runtime_via_extension=via_extension,
+        extension_available=available,
+        ledger=load_ledger(conn),
+    )
+
+
+# Observations: one text per managed object, compared with what apply recorded ---------------
+
+_OBSERVE_ROLES = "observe_roles"
+
+_OBSERVE_SCHEMAS = "observe_schemas"
+
+_OBSERVE_VIEWS = "observe_views"
+
+_OBSERVE_OWNER_GRANTS = "observe_owner_grants"
+
+_OBSERVE_RLS = "observe_rls"
+
+_OBSERVE_TRIGGERS = "observe_triggers"
+
+_EXTRA_PRIVILEGES = "extra_privileges"
+
+
+def observe_all(
+    conn: psycopg.Connection[Any],
+    *,
+    roles: Iterable[str],
+    schemas: Iterable[str],
+    tables: Iterable[TableName],
+    groups: Iterable[str],
+    service_role: str,
+) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """Observed state of every object family, keyed like the compiler's object keys."""
+    observed: dict[str, str] = {}
+    wanted = sorted(set(tables))
+    tab_args = ([t.schema for t in wanted], [t.name for t in wanted])
+    superuser = _fetch(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")[0][0]
+    # only a superuser can compare password verifiers; others see "unknown" (NULL)
+    credential = (
+        "(SELECT a.rolpassword IS NOT DISTINCT FROM s.rolpassword FROM pg_authid a, pg_authid s"
+        " WHERE a.oid = r.oid AND s.rolname = %s)" if superuser else "%s::text"
+    )
+    role_query = _query(_OBSERVE_ROLES).replace("{credential}", credential)
+    param = service_role if superuser else None
+    for name, text in _fetch(conn, role_query, (param, sorted(set(roles)))):
+        observed[f"role:{name}"] = text
+    schema_list = sorted(set(schemas))
+    for name, text in _fetch(conn, _OBSERVE_SCHEMAS, (schema_list,)):
+        observed[f"schema:{name}"] = text
+    for schema, name, text in _fetch(conn, _OBSERVE_VIEWS, (schema_list,)):
+        observed[f"view:{schema}:{name}"] = text
+    has_owner = _fetch(conn, "SELECT to_regrole('policyc_owner') IS NOT NULL")[0][0]
+    if has_owner:
+        for schema, name, text in _fetch(conn, _OBSERVE_OWNER_GRANTS, tab_args):
+            observed[f"base-grants:{schema}.{name}"] = text
+    for schema, name, text in _fetch(conn, _OBSERVE_RLS, tab_args):
+        observed[f"rls:{schema}.{name}"] = text
+    for schema, name, text in _fetch(conn, _OBSERVE_TRIGGERS, tab_args):
+        observed[f"trigger:{schema}.{name}"] = text
+    extra: dict[str, list[str]] = {}
+    for group, revoke in _fetch(conn, _EXTRA_PRIVILEGES, {"groups": sorted(set(groups))}):
+        extra.setdefault(group, []).append(revoke)
+    for group in groups:
+        observed[f"privileges:{group}"] = json.dumps(extra.get(group, []))
+    return observed, {k: tuple(v) for k, v in extra.items()}

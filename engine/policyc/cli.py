@@ -1,0 +1,181 @@
+"""The ``policyc`` command line: one entry point, ``main(argv) -> int``, tested in-process.
+
+Exit codes: 0 success; 1 an error (invalid policy, database mismatch, apply failure);
+2 ``plan --check`` found pending changes or drift; 64 bad command-line usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import psycopg
+
+from policyc import __version__, runtime
+from policyc.errors import PolicycError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_PENDING = 2
+EXIT_USAGE = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2, which means "pending" for us
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _connect(dsn: str | None) -> psycopg.Connection[Any]:
+    """libpq conventions: --dsn, else PG* environment variables."""
+    return psycopg.connect(dsn or "", autocommit=True)
+
+
+def _load(path: str) -> Any:
+    from policyc.policy import load_policy
+
+    return load_policy(Path(path))
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    policy = _load(args.policy)
+    groups = ", ".join(g.name for g in policy.groups)
+    print(f"{args.policy}: ok (version {policy.version}; groups: {groups})", file=out)
+    return EXIT_OK
+
+
+def _print_plan(plan: Any, out: TextIO, policy_path: str, show_sql: bool) -> None:
+    print(f"policyc plan: {policy_path} against database {plan.catalog.database}", file=out)
+    if plan.empty:
+        print("no changes", file=out)
+        return
+    symbols = {"create": "+", "update": "~", "drift": "!", "drop": "-"}
+    for family, changes in plan.by_family().items():
+        print(f"\n{family}", file=out)
+        for change in changes:
+            line = f"  {symbols[change.action]} {change.action:<6} {change.key}"
+            if change.note:
+                line += f"  ({change.note})"
+            print(line, file=out)
+            for hazard in change.hazards:
+                print(f"      HAZARD widens access: {hazard}", file=out)
+            if show_sql:
+                for statement in change.statements:
+                    for i, text in enumerate(statement.splitlines()):
+                        print(("      " if i == 0 else "        ") + text, file=out)
+    counts: dict[str, int] = {}
+    for change in plan.changes:
+        counts[change.action] = counts.get(change.action, 0) + 1
+    hazards = sum(len(c.hazards) for c in plan.changes)
+    summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
+    print(f"\n{len(plan.changes)} changes ({summary}); {hazards} authorization hazards", file=out)
+
+
+def _plan_json(plan: Any) -> dict[str, Any]:
+    return {
+        "database": plan.catalog.database,
+        "changes": [c.as_json() for c in plan.changes],
+        "pending": len(plan.changes),
+        "drift": len(plan.drift),
+        "hazards": sum(len(c.hazards) for c in plan.changes),
+    }
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
+    from policyc.plan import make_plan
+
+    policy = _load(args.policy)
+    with _connect(args.dsn) as conn:
+        plan = make_plan(conn, policy)
+    if args.json:
+        json.dump(_plan_json(plan), out, indent=2)
+        out.write("\n")
+    else:
+        _print_plan(plan, out, args.policy, show_sql=not args.no_sql)
+    if args.check and not plan.empty:
+        return EXIT_PENDING
+    return EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace, out: TextIO) -> int:
+    from policyc.apply import apply_policy
+
+    policy = _load(args.policy)
+    with _connect(args.dsn) as conn:
+        result = apply_policy(conn, policy)
+    if args.json:
+        json.dump({**_plan_json(result.plan), "executed": result.executed}, out, indent=2)
+        out.write("\n")
+    elif result.plan.empty:
+        print("no changes", file=out)
+    else:
+        _print_plan(result.plan, out, args.policy, show_sql=False)
+        print(f"applied: {result.executed} statements in one transaction", file=out)
+    return EXIT_OK
+
+
+def cmd_runtime_render(args: argparse.Namespace, out: TextIO) -> int:
+    for path in runtime.render(Path(args.directory)):
+        print(path, file=out)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="policyc", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"policyc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    check = sub.add_parser("check", help="validate a policy file and report every problem")
+    check.add_argument("policy")
+    check.set_defaults(func=cmd_check)
+
+    plan = sub.add_parser("plan", help="show what apply would change in the database")
+    plan.add_argument("policy")
+    plan.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.add_argument("--check", action="store_true",
+                      help="exit 2 when there are pending changes or drift")
+    plan.add_argument("--no-sql", action="store_true", help="list changes without their SQL")
+    plan.set_defaults(func=cmd_plan)
+
+    apply = sub.add_parser("apply", help="make the database match the policy (one transaction)")
+    apply.add_argument("policy")
+    apply.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    apply.add_argument("--json", action="store_true", help="machine-readable output")
+    apply.set_defaults(func=cmd_apply)
+
+    rt = sub.add_parser("runtime", help="the runtime extension files")
+    rt_sub = rt.add_subparsers(dest="runtime_command", required=True, parser_class=_Parser)
+    render = rt_sub.add_parser("render", help="write policyc.control and scripts into DIRECTORY")
+    render.add_argument("directory")
+    render.set_defaults(func=cmd_runtime_render)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args, out))
+    except PolicycError as exc:
+        print(f"policyc {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except psycopg.OperationalError as exc:
+        print(f"policyc {args.command}: cannot connect: {exc}".rstrip(), file=sys.stderr)
+        return EXIT_ERROR
+    except FileNotFoundError as exc:
+        print(f"policyc {args.command}: {exc.filename}: no such file", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

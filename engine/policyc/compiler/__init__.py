@@ -1,0 +1,380 @@
+"""Compile a policy (plus a catalog snapshot) into the ordered objects apply manages.
+
+Pure: no I/O. One function per object family; each returns DesiredObjects whose SQL comes from
+the templates in sql/templates.  Problems that need the live database to see (a missing table
+or column, a mask that does not fit a column type) are collected and raised together.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from policyc import RUNTIME_VERSION, runtime
+from policyc.catalog import MANAGED_ROLE_COMMENT, RUNTIME_ROLES, Catalog, Table
+from policyc.compiler.masks import MaskTypeError, mask_expression
+from policyc.compiler.objects import Compiled, DesiredObject
+from policyc.compiler.render import ident, statements
+from policyc.compiler.rowfilters import normalize
+from policyc.errors import CatalogError
+from policyc.policy.model import ALL_COLUMNS, ColumnRef, Columns, Group, Policy, TableName
+
+__all__ = ["Compiled", "DesiredObject", "compile_policy", "policy_tables"]
+
+
+def policy_tables(policy: Policy) -> set[TableName]:
+    """Every table the policy names: PHI tables and every group's read/write tables."""
+    names: set[TableName] = set(policy.phi)
+    for group in policy.groups:
+        names.update(group.tables())
+    return names
+
+
+def audited_tables(policy: Policy) -> set[TableName]:
+    """Tables that get audit triggers: those with PHI or that any group writes."""
+    names: set[TableName] = set(policy.phi)
+    for group in policy.groups:
+        names.update(group.write)
+    return names
+
+
+class _Problems:
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.items: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append(f"{self.policy.where(key)}: {message}")
+
+
+def _resolve(columns: Columns, table: Table) -> tuple[str, ...]:
+    if columns is ALL_COLUMNS:
+        return table.column_names
+    assert isinstance(columns, tuple)
+    return columns
+
+
+def _runtime_objects(policy: Policy, catalog: Catalog) -> list[DesiredObject]:
+    objects = []
+    for role in dict.fromkeys((*RUNTIME_ROLES, policy.proxy.service_role)):
+        objects.append(
+            DesiredObject(
+                key=f"runtime-role:{role}",
+                family="roles",
+                create_sql=statements("runtime_roles.sql.j2", role=role),
+                drop_sql=(),  # shared with other databases: never dropped by one policy
+                semantic={"role": role},
+                adopt_existing=True,
+            )
+        )
+    objects.append(
+        DesiredObject(
+            key="runtime",
+            family="runtime",
+            create_sql=(),
+            drop_sql=(),
+            semantic={"version": RUNTIME_VERSION},
+            hash_extra=runtime.fingerprint(),
+        )
+    )
+    return objects
+
+
+def _group_objects(
+    policy: Policy, catalog: Catalog, group: Group, problems: _Problems
+) -> list[DesiredObject]:
+    role = group.name
+    schema = group.name
+    comment = MANAGED_ROLE_COMMENT.format(group=group.name, database=catalog.database)
+    existing = catalog.roles.get(role)
+    managed_elsewhere = existing is not None and existing.comment != comment
+    if managed_elsewhere and f"role:{role}" not in catalog.ledger:
+        problems.add(
+            f"groups.{group.name}",
+            f"role {role} already exists and is not a policyc group of database "
+            f"{catalog.database}; rename the group or drop the role",
+        )
+    context = {
+        "role": role,
+        "schema": schema,
+        "comment": comment,
+        "service_role": policy.proxy.service_role,
+    }
+    objects = [
+        DesiredObject(
+            key=f"role:{role}",
+            family="roles",
+            create_sql=statements("group_role.sql.j2", create=True, **context),
+            update_sql=statements("group_role.sql.j2", create=False, **context),
+            drop_sql=statements("group_role_drop.sql.j2", role=role),
+            semantic={"login": True, "group": group.name},
+        ),
+        DesiredObject(
+            key=f"schema:{schema}",
+            family="grants",
+            create_sql=statements("group_schema.sql.j2", create=True, **context),
+            update_sql=statements("group_schema.sql.j2", create=False, **context),
+            drop_sql=statements("group_schema_drop.sql.j2", schema=schema),
+            semantic={"usage": [schema, "policyc"]},
+        ),
+    ]
+    seen_views: dict[str, TableName] = {}
+    for table_name in group.tables():
+        table = catalog.tables.get(table_name)
+        if table is None:
+            continue  # reported once by compile_policy
+        if table_name.name in seen_views:
+            problems.add(
+                f"groups.{group.name}",
+                f"tables {seen_views[table_name.name]} and {table_name} would both become "
+                f"view {schema}.{table_name.name}; a group can reach only one table per name",
+            )
+            continue
+        seen_views[table_name.name] = table_name
+        view = _view_object(policy, group, table, problems)
+        if view is not None:
+            objects.append(view)
+    objects.append(
+        DesiredObject(
+            key=f"privileges:{role}",
+            family="grants",
+            create_sql=catalog.extra_privileges.get(role, ()),
+            drop_sql=(),
+            semantic={"extra": []},
+        )
+    )
+    return objects
+
+
+def _check_columns(
+    problems: _Problems, key: str, table: Table, columns: Iterable[str]
+) -> list[str]:
+    good = []
+    for column in columns:
+        if table.column(column) is None:
+            problems.add(key, f"column {column} does not exist in table {table.name}")
+        else:
+            good.append(column)
+    return good
+
+
+def _view_object(
+    policy: Policy, group: Group, table: Table, problems: _Problems
+) -> DesiredObject | None:
+    base = f"groups.{group.name}"
+    read_cols = set()
+    if table.name in group.read:
+        read_cols = set(
+            _check_columns(problems, f"{base}.read.{table.name}", table,
+                           _resolve(group.read[table.name], table))
+        )
+    grant = group.write.get(table.name)
+    insert_cols: list[str] = []
+    update_cols: list[str] = []
+    delete = False
+    if grant is not None:
+        insert_cols = _check_columns(
+            problems, f"{base}.write.{table.name}.insert", table, _resolve(grant.insert, table)
+        )
+        update_cols = _check_columns(
+            problems, f"{base}.write.{table.name}.update", table, _resolve(grant.update, table)
+        )
+        delete = grant.delete
+    unmasked = {ref.column for ref in group.unmask if ref.table == table.name}
+    in_view = read_cols | set(insert_cols) | set(update_cols)
+    columns = []
+    masks: dict[str, str | None] = {}
+    for column in table.columns:
+        if column.name not in in_view:
+            continue
+        ref = f"t.{ident(column.name)}"
+        mask = policy.mask_of(ColumnRef(table.name, column.name))
+        expression = ref
+        if mask is not None and column.name in read_cols and column.name not in unmasked:
+            if column.name in insert_cols or column.name in update_cols:
+                problems.add(
+                    f"{base}.write.{table.name}",
+                    f"group {group.name} writes PHI column {table.name}.{column.name} that it "
+                    "reads masked; unmask it or stop writing it",
+                )
+            try:
+                expression = mask_expression(mask, column, ref)
+            except MaskTypeError as exc:
+                problems.add(f"phi.{table.name}.{column.name}", str(exc))
+        if column.name in read_cols:
+            masks[column.name] = mask.value if (mask and column.name not in unmasked) else None
+        columns.append({"name": column.name, "expression": expression})
+    order = [c.name for c in table.columns]
+    select = [c for c in order if c in read_cols]
+    context = {
+        "schema": group.name,
+        "view": table.name.name,
+        "table": table.name,
+        "role": group.name,
+        "columns": columns,
+        "select": select,
+        "insert": [c for c in order if c in insert_cols],
+        "update": [c for c in order if c in update_cols],
+        "delete": delete,
+        "comment": f"policyc: {table.name} as group {group.name} sees it (masked, filtered)",
+    }
+    return DesiredObject(
+        key=f"view:{group.name}:{table.name.name}",
+        family="views",
+        create_sql=statements("view.sql.j2", **context),
+        drop_sql=statements("view_drop.sql.j2", schema=group.name, view=table.name.name),
+        semantic={
+            "table": str(table.name),
+            "read": masks,
+            "insert": context["insert"],
+            "update": context["update"],
+            "delete": delete,
+        },
+    )
+
+
+def _base_grant_object(policy: Policy, table: Table) -> DesiredObject:
+    insert: set[str] = set()
+    update: set[str] = set()
+    delete = False
+    for group in policy.groups:
+        grant = group.write.get(table.name)
+        if grant is None:
+            continue
+        insert.update(c for c in _resolve(grant.insert, table) if table.column(c))
+        update.update(c for c in _resolve(grant.update, table) if table.column(c))
+        delete = delete or grant.delete
+    order = table.column_names
+    context = {
+        "table": table.name,
+        "insert": [c for c in order if c in insert],
+        "update": [c for c in order if c in update],
+        "delete": delete,
+    }
+    return DesiredObject(
+        key=f"base-grants:{table.name}",
+        family="grants",
+        create_sql=statements("base_grants.sql.j2", **context),
+        drop_sql=statements("base_grants_drop.sql.j2", table=table.name),
+        semantic={"select": True, **{k: v for k, v in context.items() if k != "table"}},
+    )
+
+
+def _rls_object(
+    policy: Policy, catalog: Catalog, table: Table, problems: _Problems
+) -> DesiredObject | None:
+    filters = []
+    for group in policy.groups:
+        text = group.rows.get(table.name)
+        if text is None:
+            continue
+        try:
+            expression = normalize(text)
+        except ValueError as exc:
+            problems.add(f"groups.{group.name}.rows.{table.name}", str(exc))
+            continue
+        filters.append(
+            {"policy": f"policyc_{group.name}", "role": group.name, "expression": expression,
+             "group": group.name}
+        )
+    key = f"rls:{table.name}"
+    previous = catalog.ledger.get(key)
+    if previous is not None:
+        passthrough = bool(previous.semantic.get("passthrough"))
+    else:
+        passthrough = not table.row_security
+    if not filters and not (table.row_security and previous is None):
+        return None
+    policies = [f["policy"] for f in filters]
+    policies.append("policyc_passthrough" if passthrough else "policyc_views")
+    return DesiredObject(
+        key=key,
+        family="row-security",
+        create_sql=statements(
+            "row_security.sql.j2", table=table.name, filters=filters, passthrough=passthrough
+        ),
+        drop_sql=statements(
+            "row_security_drop.sql.j2", table=table.name, policies=policies,
+            passthrough=passthrough,
+        ),
+        semantic={
+            "filters": {f["group"]: f["expression"] for f in filters},
+            "passthrough": passthrough,
+        },
+    )
+
+
+def _trigger_object(policy: Policy, table: Table) -> DesiredObject:
+    phi = sorted(c for c in policy.phi.get(table.name, {}) if table.column(c))
+    context = {
+        "table": table.name,
+        "pk": json.dumps(list(table.primary_key)),
+        "phi": json.dumps(phi),
+    }
+    drop = statements("audit_triggers_drop.sql.j2", table=table.name)
+    return DesiredObject(
+        key=f"trigger:{table.name}",
+        family="triggers",
+        create_sql=statements("audit_triggers.sql.j2", **context),
+        drop_sql=drop,
+        semantic={"phi": phi, "pk": list(table.primary_key)},
+    )
+
+
+def compile_policy(policy: Policy, catalog: Catalog) -> Compiled:
+    """The objects apply would make, in execution order; raises CatalogError with every problem."""
+    problems = _Problems(policy)
+    if policy.database is not None and policy.database != catalog.database:
+        problems.add(
+            "database",
+            f"policy is for database {policy.database} but the connection is to "
+            f"{catalog.database}",
+        )
+    for name in sorted(policy_tables(policy)):
+        table = catalog.tables.get(name)
+        if table is None:
+            problems.add(_table_key(policy, name), f"table {name} does not exist")
+            continue
+        if table.kind not in ("r", "p"):
+            problems.add(_table_key(policy, name), f"{name} is not a table (relkind {table.kind})")
+        if table.public_privileges:
+            problems.add(
+                _table_key(policy, name),
+                f"PUBLIC holds {', '.join(table.public_privileges)} on {name}, which would let "
+                f"every group bypass its masks: REVOKE ALL ON {name} FROM PUBLIC",
+            )
+    for table_name, columns in sorted(policy.phi.items()):
+        table = catalog.tables.get(table_name)
+        if table is not None:
+            _check_columns(problems, f"phi.{table_name}", table, sorted(columns))
+    objects: list[DesiredObject] = _runtime_objects(policy, catalog)
+    for group in policy.groups:
+        objects.extend(_group_objects(policy, catalog, group, problems))
+    for name in sorted(policy_tables(policy)):
+        table = catalog.tables.get(name)
+        if table is None:
+            continue
+        if any(name in g.tables() for g in policy.groups):
+            objects.append(_base_grant_object(policy, table))
+        rls = _rls_object(policy, catalog, table, problems)
+        if rls is not None:
+            objects.append(rls)
+    for name in sorted(audited_tables(policy)):
+        table = catalog.tables.get(name)
+        if table is not None and table.kind in ("r", "p"):
+            objects.append(_trigger_object(policy, table))
+    if problems.items:
+        raise CatalogError(problems.items)
+    objects.sort(key=lambda o: o.order)
+    return Compiled(tuple(objects))
+
+
+def _table_key(policy: Policy, name: TableName) -> str:
+    if name in policy.phi:
+        return f"phi.{name}"
+    for group in policy.groups:
+        if name in group.read:
+            return f"groups.{group.name}.read.{name}"
+        if name in group.write:
+            return f"groups.{group.name}.write.{name}"
+    return str(name)

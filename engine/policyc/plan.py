@@ -1,0 +1,207 @@
+"""Plan: what apply would change, diffed from the compiled policy, the ledger and the catalog.
+
+Each managed object is in one of four states against the ledger apply keeps in
+``policyc.applied_objects``: new (create), changed in the policy (update), changed by hand since
+the last apply (drift), or gone from the policy (drop).  Changes that widen what an agent can
+see or do are flagged as authorization hazards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from policyc import RUNTIME_VERSION
+from policyc.catalog import Catalog, observe_all, snapshot
+from policyc.compiler import Compiled, DesiredObject, compile_policy, policy_tables
+from policyc.compiler.objects import FAMILIES, KIND_ORDER
+from policyc.policy.model import Policy, TableName
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    family: str
+    action: str  # create | update | drift | drop
+    statements: tuple[str, ...]
+    hazards: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.key.split(":", 1)[0]
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...]
+    compiled: Compiled
+    catalog: Catalog
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    @property
+    def drift(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.action == "drift")
+
+    def by_family(self) -> dict[str, list[Change]]:
+        grouped: dict[str, list[Change]] = {f: [] for f in FAMILIES}
+        for change in self.changes:
+            grouped.setdefault(change.family, []).append(change)
+        return {f: c for f, c in grouped.items() if c}
+
+
+def observe(conn: psycopg.Connection[Any], policy: Policy, catalog: Catalog) -> Catalog:
+    groups = [g.name for g in policy.groups]
+    ledger_groups = [k.split(":", 1)[1] for k in catalog.ledger if k.startswith("role:")]
+    ledger_tables = {
+        k.split(":", 1)[1] for k in catalog.ledger if k.split(":", 1)[0] in
+        ("rls", "trigger", "base-grants")
+    }
+    tables = policy_tables(policy) | {TableName.parse(t) for t in ledger_tables}
+    observed, extra = observe_all(
+        conn,
+        roles=[*groups, *ledger_groups],
+        schemas=[*groups, *ledger_groups],
+        tables=tables,
+        groups=groups,
+        service_role=policy.proxy.service_role,
+    )
+    return dataclasses.replace(catalog, observed=observed, extra_privileges=extra)
+
+
+def load_catalog(conn: psycopg.Connection[Any], policy: Policy) -> Catalog:
+    catalog = snapshot(
+        conn,
+        tables=policy_tables(policy),
+        roles=[g.name for g in policy.groups],
+        service_role=policy.proxy.service_role,
+    )
+    return observe(conn, policy, catalog)
+
+
+def _view_hazards(new: Mapping[str, Any], old: Mapping[str, Any] | None, group: str) -> list[str]:
+    hazards = []
+    old_read: Mapping[str, Any] = (old or {}).get("read", {})
+    clear: list[str] = []
+    masked: list[str] = []
+    for column, mask in sorted(new.get("read", {}).items()):
+        if column not in old_read or (old_read[column] and old_read[column] != mask):
+            (masked if mask else clear).append(f"{column} ({mask})" if mask else column)
+    table = new["table"]
+    if clear:
+        hazards.append(f"{group} may read {table} in clear: {', '.join(clear)}")
+    if masked:
+        hazards.append(f"{group} may read {table} masked: {', '.join(masked)}")
+    for verb in ("insert", "update"):
+        added = sorted(set(new.get(verb, [])) - set((old or {}).get(verb, [])))
+        if added:
+            hazards.append(f"{group} may {verb} {table}: {', '.join(added)}")
+    if new.get("delete") and not (old or {}).get("delete"):
+        hazards.append(f"{group} may delete from {table}")
+    return hazards
+
+
+def _hazards(obj: DesiredObject, old: Mapping[str, Any] | None) -> list[str]:
+    if obj.kind == "role" and old is None:
+        return [f"new group role {obj.semantic['group']}: agents mapped to it can connect"]
+    if obj.kind == "view":
+        return _view_hazards(obj.semantic, old, obj.key.split(":")[1])
+    if obj.kind == "rls" and old is not None:
+        hazards = []
+        old_filters = old.get("filters", {})
+        for group, expression in sorted(old_filters.items()):
+            current = obj.semantic["filters"].get(group)
+            if current is None:
+                hazards.append(f"row filter of {group} on {obj.key[4:]} removed")
+            elif current != expression:
+                hazards.append(f"row filter of {group} on {obj.key[4:]} changed")
+        return hazards
+    return []
+
+
+def _drop_hazards(key: str, semantic: Mapping[str, Any]) -> list[str]:
+    kind = key.split(":", 1)[0]
+    if kind == "rls" and semantic.get("filters"):
+        return [f"row filters on {key[4:]} removed"]
+    if kind == "trigger":
+        return [f"audit of row changes on {key[8:]} stops"]
+    return []
+
+
+def make_plan(conn: psycopg.Connection[Any], policy: Policy) -> Plan:
+    """Compare the policy with the live database; read-only."""
+    catalog = load_catalog(conn, policy)
+    compiled = compile_policy(policy, catalog)
+    changes: list[Change] = []
+    desired = compiled.by_key()
+    for obj in compiled.objects:
+        entry = catalog.ledger.get(obj.key)
+        if obj.kind == "runtime":
+            if catalog.runtime_version != RUNTIME_VERSION:
+                action = "create" if catalog.runtime_version is None else "update"
+                via = "extension" if catalog.extension_available else "script"
+                changes.append(
+                    Change(
+                        obj.key, obj.family, action, (),
+                        note=f"runtime {catalog.runtime_version or '-'} -> {RUNTIME_VERSION} "
+                        f"(via {via})",
+                    )
+                )
+            continue
+        if obj.adopt_existing:
+            if obj.key.split(":", 1)[1] not in catalog.roles:
+                changes.append(Change(obj.key, obj.family, "create", obj.create_sql))
+            continue
+        if obj.kind == "privileges":
+            if obj.create_sql:
+                changes.append(
+                    Change(obj.key, obj.family, "drift", obj.create_sql,
+                           note="privileges granted outside policyc are revoked")
+                )
+            continue
+        observed_now = catalog.observed.get(obj.key)
+        if entry is None:
+            statements = obj.create_sql
+            if obj.kind == "role" and obj.key.split(":", 1)[1] in catalog.roles:
+                statements = obj.update_sql or obj.create_sql
+            elif obj.kind in ("rls", "trigger", "base-grants"):
+                statements = (*obj.drop_sql, *obj.create_sql)
+            changes.append(
+                Change(obj.key, obj.family, "create", statements, tuple(_hazards(obj, None)))
+            )
+        elif entry.desired_hash != obj.desired_hash:
+            changes.append(
+                Change(obj.key, obj.family, "update", obj.statements_to_update(entry.drop_sql),
+                       tuple(_hazards(obj, entry.semantic)))
+            )
+        elif observed_now != entry.observed:
+            changes.append(
+                Change(obj.key, obj.family, "drift", obj.statements_to_update(entry.drop_sql),
+                       note="changed outside policyc since the last apply; apply restores it")
+            )
+    for key, entry in sorted(catalog.ledger.items()):
+        if key in desired or key == "runtime":
+            continue
+        changes.append(
+            Change(key, entry.family, "drop", entry.drop_sql,
+                   tuple(_drop_hazards(key, entry.semantic)))
+        )
+    return Plan(tuple(_ordered(changes)), compiled, catalog)
+
+
+def _ordered(changes: list[Change]) -> list[Change]:
+    drops = [c for c in changes if c.action == "drop"]
+    rest = [c for c in changes if c.action != "drop"]
+    drops.sort(key=lambda c: (-KIND_ORDER.get(c.kind, 0), c.key))
+    rest.sort(key=lambda c: KIND_ORDER.get(c.kind, 0))
+    return drops + rest

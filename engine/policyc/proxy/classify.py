@@ -1,0 +1,750 @@
+"""Per-statement classification of agent SQL: kind, tables, columns, functions, risky shapes.
+
+Pure and fast: one call of pglast's C parser (``parse_sql_json``, ~20x cheaper than building
+pglast's Python AST with ``parse_sql``) and one iterative walk of the JSON tree; no I/O, no
+policy knowledge (that is :mod:`policyc.proxy.verdict`).  It fails closed: SQL that cannot be
+parsed, is too long, nests too deep, or has a shape the walker does not understand yields a
+:class:`Classification` with ``error`` set and no statements, never an exception.
+
+Tables are kept as written: an unqualified name is a :class:`TableName` whose schema is
+:data:`UNQUALIFIED` (``""``), because the agent's ``search_path`` is its group's view schema
+and only the verdict knows which base table that name stands for.  Column references whose
+qualifier cannot be tied to a table of the statement use :data:`ANY_TABLE`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from pglast import parser as pg_parser
+
+from policyc.policy.model import TableName
+from policyc.proxy._ast import JsonNode, const_truth, const_value, names, option_enabled, unwrap
+
+StatementKind = Literal[
+    "select",
+    "insert",
+    "update",
+    "delete",
+    "merge",
+    "copy_in",
+    "copy_out",
+    "ddl",
+    "truncate",
+    "set",
+    "show",
+    "reset",
+    "transaction",
+    "prepare",
+    "execute",
+    "deallocate",
+    "declare_cursor",
+    "fetch",
+    "close_cursor",
+    "explain",
+    "do",
+    "call",
+    "listen",
+    "notify",
+    "lock",
+    "vacuum",
+    "discard",
+    "role",
+    "other",
+]
+
+#: Risky shapes a classification may carry (a superset of the policy's approvable shapes).
+RISKY: Final = frozenset(
+    {
+        "copy_out",
+        "copy_in",
+        "copy_program",
+        "delete_all",
+        "update_all",
+        "ddl",
+        "truncate",
+        "explain_analyze_write",
+        "write_in_cte",
+        "do_block",
+        "set_config",
+        "role_change",
+        "file_access",
+        "large_object",
+        "dblink",
+        "dynamic_sql",
+        "prepare_transaction",
+        "lock",
+        "sleep",
+        "system_admin",
+    }
+)
+
+#: Schema of a table name written without one (resolved later through the group's views).
+UNQUALIFIED: Final = ""
+#: Stand-in table for a column whose qualifier is absent or names no table of the statement.
+ANY_TABLE: Final = TableName("", "")
+#: Default ceiling on statement text, in UTF-8 bytes.
+MAX_LENGTH: Final = 1_000_000
+
+ColumnUse = tuple[TableName, str]
+"""``(table, column)``; table may be :data:`ANY_TABLE`, column may be ``"*"``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatementInfo:
+    """What one statement is and touches.  Holds no policy decision.
+
+    ``setting`` is the lower-cased GUC of SET/RESET/SHOW (``"transaction"``,
+    ``"session characteristics"``, ``"constraints"`` for the multi-forms, ``"all"`` for
+    RESET ALL / SHOW ALL); ``name`` is the prepared statement or cursor name of
+    PREPARE/EXECUTE/DEALLOCATE/DECLARE/FETCH/CLOSE.
+    """
+
+    kind: StatementKind
+    text: str
+    tables: frozenset[TableName] = frozenset()
+    columns: frozenset[ColumnUse] = frozenset()
+    risky: frozenset[str] = frozenset()
+    functions: frozenset[str] = frozenset()
+    ctes: frozenset[str] = frozenset()
+    setting: str | None = None
+    name: str | None = None
+
+    @property
+    def node_tables(self) -> frozenset[TableName]:
+        """Tables excluding unqualified references that name a CTE of the statement."""
+        return frozenset(
+            t for t in self.tables if not (t.schema == UNQUALIFIED and t.name in self.ctes)
+        )
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The statements of one SQL string, or why it could not be classified.
+
+    ``error_sqlstate`` is what a client should receive when ``error`` is set: 42601 (syntax),
+    54000 (too long / NUL byte), 54001 (too complex), XX000 (classifier fault).
+    """
+
+    statements: tuple[StatementInfo, ...] = ()
+    error: str | None = None
+    error_sqlstate: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def risky(self) -> frozenset[str]:
+        """Union of every statement's risky shapes."""
+        out: frozenset[str] = frozenset()
+        for info in self.statements:
+            out |= info.risky
+        return out
+
+
+# --------------------------------------------------------------------------- kinds
+
+_SIMPLE_KINDS: Final[dict[str, StatementKind]] = {
+    "InsertStmt": "insert",
+    "UpdateStmt": "update",
+    "DeleteStmt": "delete",
+    "MergeStmt": "merge",
+    "TruncateStmt": "truncate",
+    "TransactionStmt": "transaction",
+    "PrepareStmt": "prepare",
+    "ExecuteStmt": "execute",
+    "DeallocateStmt": "deallocate",
+    "DeclareCursorStmt": "declare_cursor",
+    "FetchStmt": "fetch",
+    "ClosePortalStmt": "close_cursor",
+    "ExplainStmt": "explain",
+    "DoStmt": "do",
+    "CallStmt": "call",
+    "ListenStmt": "listen",
+    "UnlistenStmt": "listen",
+    "NotifyStmt": "notify",
+    "LockStmt": "lock",
+    "VacuumStmt": "vacuum",
+    "DiscardStmt": "discard",
+    "VariableShowStmt": "show",
+    "ConstraintsSetStmt": "set",
+}
+
+_DDL_NODES: Final = frozenset(
+    {
+        "CreateTableAsStmt",
+        "GrantStmt",
+        "GrantRoleStmt",
+        "CommentStmt",
+        "SecLabelStmt",
+        "RenameStmt",
+        "IndexStmt",
+        "ViewStmt",
+        "RuleStmt",
+        "DefineStmt",
+        "CompositeTypeStmt",
+        "RefreshMatViewStmt",
+        "ReindexStmt",
+        "ClusterStmt",
+        "ReassignOwnedStmt",
+        "ImportForeignSchemaStmt",
+    }
+)
+_NOT_DDL: Final = frozenset({"AlterSystemStmt"})
+_ROLE_DDL: Final = frozenset(
+    {"CreateRoleStmt", "AlterRoleStmt", "AlterRoleSetStmt", "DropRoleStmt", "GrantRoleStmt"}
+)
+_FOREIGN_DDL: Final = frozenset(
+    {
+        "CreateFdwStmt",
+        "AlterFdwStmt",
+        "CreateForeignServerStmt",
+        "AlterForeignServerStmt",
+        "CreateUserMappingStmt",
+        "AlterUserMappingStmt",
+        "ImportForeignSchemaStmt",
+        "CreateForeignTableStmt",
+    }
+)
+_EXTENSION_RISK: Final = {
+    "dblink": "dblink",
+    "postgres_fdw": "dblink",
+    "file_fdw": "file_access",
+    "adminpack": "file_access",
+    "lo": "large_object",
+}
+_SYSTEM_NODES: Final = frozenset({"AlterSystemStmt", "LoadStmt", "CheckPointStmt"})
+_WRITE_NODES: Final = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+_ROLE_SETTINGS: Final = frozenset({"role", "session_authorization"})
+_TWO_PHASE: Final = frozenset(
+    {"TRANS_STMT_PREPARE", "TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED"}
+)
+# Shapes that only matter if the statement runs; EXPLAIN without ANALYZE runs nothing.
+_EXECUTION_SHAPES: Final = frozenset({"delete_all", "update_all", "write_in_cte", "ddl"})
+
+
+def _is_ddl(node: str) -> bool:
+    if node in _NOT_DDL:
+        return False
+    return node in _DDL_NODES or node.startswith(("Create", "Alter", "Drop"))
+
+
+# --------------------------------------------------------------------------- functions
+
+_FUNCTION_RISKS: Final[dict[str, frozenset[str]]] = {
+    "set_config": frozenset({"set_config"}),
+    "pg_read_file": frozenset({"file_access"}),
+    "pg_read_binary_file": frozenset({"file_access"}),
+    "pg_stat_file": frozenset({"file_access"}),
+    "pg_logdir_ls": frozenset({"file_access"}),
+    "lo_import": frozenset({"file_access", "large_object"}),
+    "lo_export": frozenset({"file_access", "large_object"}),
+    "loread": frozenset({"large_object"}),
+    "lowrite": frozenset({"large_object"}),
+    "pg_terminate_backend": frozenset({"system_admin"}),
+    "pg_cancel_backend": frozenset({"system_admin"}),
+    "pg_reload_conf": frozenset({"system_admin"}),
+    "pg_rotate_logfile": frozenset({"system_admin"}),
+    "pg_promote": frozenset({"system_admin"}),
+    "pg_switch_wal": frozenset({"system_admin"}),
+    "pg_create_restore_point": frozenset({"system_admin"}),
+    "pg_backup_start": frozenset({"system_admin"}),
+    "pg_backup_stop": frozenset({"system_admin"}),
+    "pg_start_backup": frozenset({"system_admin"}),
+    "pg_stop_backup": frozenset({"system_admin"}),
+    "pg_wal_replay_pause": frozenset({"system_admin"}),
+    "pg_wal_replay_resume": frozenset({"system_admin"}),
+    "pg_log_backend_memory_contexts": frozenset({"system_admin"}),
+    "pg_drop_replication_slot": frozenset({"system_admin"}),
+    "pg_copy_physical_replication_slot": frozenset({"system_admin"}),
+    "pg_copy_logical_replication_slot": frozenset({"system_admin"}),
+    "pg_logical_emit_message": frozenset({"system_admin"}),
+    "query_to_xml": frozenset({"dynamic_sql"}),
+    "query_to_xmlschema": frozenset({"dynamic_sql"}),
+    "query_to_xml_and_xmlschema": frozenset({"dynamic_sql"}),
+    "cursor_to_xml": frozenset({"dynamic_sql"}),
+    "cursor_to_xmlschema": frozenset({"dynamic_sql"}),
+    "table_to_xml": frozenset({"dynamic_sql"}),
+    "table_to_xmlschema": frozenset({"dynamic_sql"}),
+    "table_to_xml_and_xmlschema": frozenset({"dynamic_sql"}),
+    "schema_to_xml": frozenset({"dynamic_sql"}),
+    "schema_to_xmlschema": frozenset({"dynamic_sql"}),
+    "schema_to_xml_and_xmlschema": frozenset({"dynamic_sql"}),
+    "database_to_xml": frozenset({"dynamic_sql"}),
+    "database_to_xmlschema": frozenset({"dynamic_sql"}),
+    "database_to_xml_and_xmlschema": frozenset({"dynamic_sql"}),
+}
+_FUNCTION_PREFIX_RISKS: Final[tuple[tuple[str, frozenset[str]], ...]] = (
+    ("lo_", frozenset({"large_object"})),
+    ("dblink", frozenset({"dblink"})),
+    ("postgres_fdw", frozenset({"dblink"})),
+    ("pg_sleep", frozenset({"sleep"})),
+    ("pg_ls_", frozenset({"file_access"})),
+    ("pg_file_", frozenset({"file_access"})),
+    ("pg_read_", frozenset({"file_access"})),
+    ("pg_stat_reset", frozenset({"system_admin"})),
+    ("pg_replication_origin_", frozenset({"system_admin"})),
+    ("pg_create_", frozenset({"system_admin"})),  # replication slots, restore points
+)
+
+
+def function_risks(name: str) -> frozenset[str]:
+    """Risky shapes of calling a function, by its last name part, case-insensitively."""
+    found = _FUNCTION_RISKS.get(name)
+    if found is not None:
+        return found
+    for prefix, risks in _FUNCTION_PREFIX_RISKS:
+        if name.startswith(prefix):
+            if prefix == "pg_create_" and not name.endswith(("_slot", "_point")):
+                continue
+            return risks
+    return frozenset()
+
+
+# --------------------------------------------------------------------------- the walk
+
+
+class _Collector:
+    """Facts gathered from the nodes of one statement."""
+
+    __slots__ = (
+        "aliases",
+        "column_refs",
+        "ctes",
+        "direct_columns",
+        "functions",
+        "risky",
+        "tables",
+        "using",
+    )
+
+    def __init__(self) -> None:
+        self.tables: set[TableName] = set()
+        self.aliases: dict[str, set[TableName]] = {}
+        self.column_refs: list[list[Any]] = []
+        self.using: set[str] = set()
+        self.risky: set[str] = set()
+        self.functions: set[str] = set()
+        self.ctes: set[str] = set()
+        self.direct_columns: set[ColumnUse] = set()
+
+    def range_var(self, node: JsonNode) -> None:
+        table = TableName(str(node.get("schemaname", UNQUALIFIED)), str(node["relname"]))
+        self.tables.add(table)
+        self.aliases.setdefault(table.name, set()).add(table)
+        alias = node.get("alias")
+        if isinstance(alias, dict) and "aliasname" in alias:
+            self.aliases.setdefault(str(alias["aliasname"]), set()).add(table)
+
+    def function(self, node: JsonNode) -> None:
+        parts = names(node.get("funcname"))
+        if not parts:
+            return
+        name = parts[-1].lower()
+        self.functions.add(name)
+        risks = function_risks(name)
+        if risks:
+            self.risky.update(risks)
+        if name == "set_config":
+            args = node.get("args")
+            first = const_value(args[0]) if isinstance(args, list) and args else None
+            if not isinstance(first, str) or first.lower() in _ROLE_SETTINGS:
+                self.risky.add("role_change")
+
+    def column_ref(self, node: JsonNode) -> None:
+        self.column_refs.append(node.get("fields", []))
+
+    def cte(self, node: JsonNode) -> None:
+        self.ctes.add(str(node.get("ctename", "")))
+        query = unwrap(node.get("ctequery"))
+        if query is not None and query[0] in _WRITE_NODES:
+            self.risky.add("write_in_cte")
+
+    def delete(self, node: JsonNode) -> None:
+        if _covers_all(node):
+            self.risky.add("delete_all")
+
+    def update(self, node: JsonNode) -> None:
+        if _covers_all(node):
+            self.risky.add("update_all")
+
+    def merge(self, node: JsonNode) -> None:
+        unconditional = const_truth(node.get("joinCondition")) is True
+        for clause in node.get("mergeWhenClauses", []):
+            body = unwrap(clause)
+            if body is None:
+                continue
+            match = body[1].get("matchKind", "")
+            if unconditional or match == "MERGE_WHEN_NOT_MATCHED_BY_SOURCE":
+                command = body[1].get("commandType")
+                if command == "CMD_DELETE":
+                    self.risky.add("delete_all")
+                elif command == "CMD_UPDATE" and match != "MERGE_WHEN_NOT_MATCHED":
+                    self.risky.add("update_all")
+
+    def select(self, node: JsonNode) -> None:
+        if "intoClause" in node:
+            self.risky.add("ddl")
+
+    def create_table_as(self, node: JsonNode) -> None:
+        self.risky.add("ddl")
+
+
+def _covers_all(node: JsonNode) -> bool:
+    """A DELETE/UPDATE hits every row when its WHERE is absent or constant true."""
+    where = node.get("whereClause")
+    return where is None or const_truth(where) is True
+
+
+_HANDLERS: Final[dict[str, Callable[[_Collector, JsonNode], None]]] = {
+    "ColumnRef": _Collector.column_ref,
+    "CommonTableExpr": _Collector.cte,
+    "DeleteStmt": _Collector.delete,
+    "UpdateStmt": _Collector.update,
+    "MergeStmt": _Collector.merge,
+    "SelectStmt": _Collector.select,
+    "CreateTableAsStmt": _Collector.create_table_as,
+}
+_RAW_STMT_KEYS: Final = frozenset({"stmt", "stmt_location", "stmt_len"})
+_FIELD_KEYS: Final = frozenset({"relname", "funcname", "usingClause", "stmt"})
+
+
+class _Decoder:
+    """Runs the collectors while ``json.loads`` builds the tree: one pass, no second walk.
+
+    ``object_hook`` sees every JSON object bottom-up in document order, so all nodes of
+    statement *i* arrive before its ``RawStmt`` wrapper, which closes that statement's
+    collector and opens the next one.  The hook is the hot loop of the classifier, hence
+    written flat.
+    """
+
+    def __init__(self) -> None:
+        self.current = _Collector()
+        self.done: list[_Collector] = []
+
+    def hook(self, obj: JsonNode) -> JsonNode:
+        if len(obj) == 1:  # a generic node wrapper {"Type": {...}}
+            key = next(iter(obj))
+            handler = _HANDLERS.get(key)
+            if handler is not None:
+                value = obj[key]
+                if type(value) is dict:
+                    handler(self.current, value)
+            if key not in _FIELD_KEYS:
+                return obj
+        if "relname" in obj:
+            self.current.range_var(obj)
+        elif "funcname" in obj:
+            self.current.function(obj)
+        elif "usingClause" in obj:
+            self.current.using.update(names(obj["usingClause"]))
+        elif "stmt" in obj and obj.keys() <= _RAW_STMT_KEYS:
+            self.done.append(self.current)
+            self.current = _Collector()
+        return obj
+
+
+def _resolve_columns(collector: _Collector) -> frozenset[ColumnUse]:
+    """Tie each ColumnRef to the tables its qualifier can mean; unknown → ANY_TABLE."""
+    out: set[ColumnUse] = set()
+    aliases = collector.aliases
+    for fields in collector.column_refs:
+        parts: list[str] = []
+        star = False
+        for item in fields:
+            if isinstance(item, dict) and "A_Star" in item:
+                star = True
+            else:
+                parts.extend(names([item]))
+        column = "*" if star else (parts.pop() if parts else "")
+        if not column:
+            continue
+        if not parts:
+            if column in aliases:  # whole-row reference: `select p from patients p`
+                out.update((t, "*") for t in aliases[column])
+            out.add((ANY_TABLE, column))
+        elif len(parts) == 1:
+            targets = aliases.get(parts[0])
+            if targets:
+                out.update((t, column) for t in targets)
+            else:
+                out.add((ANY_TABLE, column))
+        else:
+            out.add((TableName(parts[-2], parts[-1]), column))
+    out.update((ANY_TABLE, name) for name in collector.using)
+    out.update(collector.direct_columns)
+    return frozenset(out)
+
+
+# --------------------------------------------------------------------------- statements
+
+
+def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> StatementInfo:
+    unwrapped = unwrap(wrapper)
+    if unwrapped is None:
+        raise _ShapeError
+    node, body = unwrapped
+    kind: StatementKind = _SIMPLE_KINDS.get(node, "other")
+    setting: str | None = None
+    name: str | None = None
+    risky = collector.risky
+
+    if node == "SelectStmt":
+        kind = "ddl" if "intoClause" in body else "select"
+    elif node == "CopyStmt":
+        kind = _copy(body, collector)
+    elif node == "VariableSetStmt":
+        kind, setting = _variable_set(body, risky)
+    elif node == "VariableShowStmt":
+        setting = str(body.get("name", "")).lower()
+    elif node == "ConstraintsSetStmt":
+        setting = "constraints"
+    elif node == "TransactionStmt":
+        if body.get("kind") in _TWO_PHASE:
+            risky.add("prepare_transaction")
+    elif node == "ExplainStmt":
+        _explain(body, risky)
+    elif node == "DoStmt":
+        risky.add("do_block")
+    elif node == "DiscardStmt":
+        if body.get("target") == "DISCARD_ALL":
+            risky.add("role_change")
+    elif node == "LockStmt":
+        risky.add("lock")
+    elif node == "TruncateStmt":
+        risky.add("truncate")
+    elif node in _SYSTEM_NODES:
+        risky.add("system_admin")
+    elif _is_ddl(node):
+        kind = "ddl"
+        _ddl(node, body, risky)
+
+    if node in {"PrepareStmt", "ExecuteStmt", "DeclareCursorStmt"}:
+        name = str(body.get("name", body.get("portalname", "")))
+    elif node in {"FetchStmt", "ClosePortalStmt"}:
+        name = body.get("portalname")  # None means ALL
+    elif node == "DeallocateStmt":
+        name = body.get("name")  # None means ALL
+
+    return StatementInfo(
+        kind=kind,
+        text=text,
+        tables=frozenset(collector.tables),
+        columns=_resolve_columns(collector),
+        risky=frozenset(risky),
+        functions=frozenset(collector.functions),
+        ctes=frozenset(collector.ctes),
+        setting=setting,
+        name=name,
+    )
+
+
+def _copy(body: JsonNode, collector: _Collector) -> StatementKind:
+    risky = collector.risky
+    is_from = bool(body.get("is_from", False))
+    kind: StatementKind = "copy_in" if is_from else "copy_out"
+    risky.add(kind)
+    if body.get("is_program"):
+        risky.add("copy_program")
+    elif body.get("filename") is not None:
+        risky.add("file_access")
+    relation = body.get("relation")
+    if not is_from and isinstance(relation, dict) and "relname" in relation:
+        table = TableName(str(relation.get("schemaname", UNQUALIFIED)), str(relation["relname"]))
+        columns = names(body.get("attlist")) or ["*"]
+        collector.direct_columns.update((table, column) for column in columns)
+    return kind
+
+
+def _variable_set(body: JsonNode, risky: set[str]) -> tuple[StatementKind, str]:
+    set_kind = body.get("kind", "")
+    setting = str(body.get("name", "")).lower()
+    kind: StatementKind = "reset" if set_kind in {"VAR_RESET", "VAR_RESET_ALL"} else "set"
+    if set_kind == "VAR_RESET_ALL":
+        risky.add("role_change")
+        return kind, "all"
+    if setting in _ROLE_SETTINGS:
+        risky.update({"role_change", "set_config"})
+        return "role", setting
+    if setting.startswith("policyc."):
+        risky.add("set_config")
+    return kind, setting
+
+
+def _explain(body: JsonNode, risky: set[str]) -> None:
+    analyze = any(
+        isinstance(opt, dict)
+        and isinstance(opt.get("DefElem"), dict)
+        and str(opt["DefElem"].get("defname", "")).lower() == "analyze"
+        and option_enabled(opt["DefElem"])
+        for opt in body.get("options", [])
+    )
+    if not analyze:
+        risky.difference_update(_EXECUTION_SHAPES)
+        return
+    query = unwrap(body.get("query"))
+    writes = query is not None and query[0] in _WRITE_NODES
+    if writes or risky & _EXECUTION_SHAPES:
+        risky.add("explain_analyze_write")
+
+
+def _ddl(node: str, body: JsonNode, risky: set[str]) -> None:
+    risky.add("ddl")
+    if node in _ROLE_DDL:
+        risky.add("role_change")
+    if node in _FOREIGN_DDL:
+        risky.add("dblink")
+    if node == "CreateExtensionStmt":
+        extension_risk = _EXTENSION_RISK.get(str(body.get("extname", "")).lower())
+        if extension_risk:
+            risky.add(extension_risk)
+
+
+class _ShapeError(Exception):
+    """The parse tree has a shape the classifier does not know."""
+
+
+# --------------------------------------------------------------------------- entry points
+
+_NEAR = re.compile(r'at or near "(.*)"', re.DOTALL)
+_SAFE_TOKEN = re.compile(r"^(?:[A-Za-z_][A-Za-z_0-9$]*|[^\w\s'\"$]{1,3})$")
+
+
+def _parse_error_message(exc: pg_parser.ParseError) -> str:
+    """pglast's message without any literal it quotes; position as a 0-based character index."""
+    message = str(exc.args[0]) if exc.args else "syntax error"
+
+    def redact(match: re.Match[str]) -> str:
+        token = match.group(1)
+        return match.group(0) if _SAFE_TOKEN.match(token) else "at or near a literal"
+
+    message = _NEAR.sub(redact, message)
+    position = exc.args[1] if len(exc.args) > 1 else None
+    where = f" at character {position}" if isinstance(position, int) else ""
+    return f"could not parse SQL: {message}{where}"
+
+
+def classify(sql: str, *, max_length: int = MAX_LENGTH) -> Classification:
+    """Classify every statement of ``sql``; never raises for any input string."""
+    size = len(sql)
+    if size > max_length or (not sql.isascii() and size * 4 > max_length):
+        size = len(sql.encode("utf-8", "surrogatepass"))
+        if size > max_length:
+            return Classification(
+                error=f"statement of {size} bytes exceeds the limit of {max_length}",
+                error_sqlstate="54000",
+            )
+    if "\x00" in sql:
+        return Classification(error="statement contains a NUL character", error_sqlstate="54000")
+    decoder = _Decoder()
+    try:
+        tree = json.loads(pg_parser.parse_sql_json(sql), object_hook=decoder.hook)
+    except pg_parser.ParseError as exc:
+        message = _parse_error_message(exc)
+        sqlstate = "54001" if "stack depth" in message or "memory exhausted" in message else "42601"
+        return Classification(error=message, error_sqlstate=sqlstate)
+    except RecursionError:
+        return Classification(
+            error="statement nests too deeply to classify", error_sqlstate="54001"
+        )
+    try:
+        return Classification(statements=_statements(sql, tree, decoder.done))
+    except (_ShapeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        return Classification(
+            error=f"internal classifier error ({type(exc).__name__}); statement refused",
+            error_sqlstate="XX000",
+        )
+
+
+def _statements(
+    sql: str, tree: JsonNode, collectors: list[_Collector]
+) -> tuple[StatementInfo, ...]:
+    raw = tree.get("stmts", [])
+    if not raw:
+        return ()
+    if len(collectors) != len(raw):
+        raise _ShapeError
+    ascii_only = sql.isascii()
+    data = sql if ascii_only else sql.encode("utf-8", "surrogatepass")
+    out: list[StatementInfo] = []
+    for entry, collector in zip(raw, collectors, strict=True):
+        start = int(entry.get("stmt_location", 0))
+        length = int(entry.get("stmt_len", 0))
+        chunk = data[start : start + length] if length else data[start:]
+        text = chunk if isinstance(chunk, str) else chunk.decode("utf-8", "surrogatepass")
+        out.append(_classify_statement(entry["stmt"], text.strip(), collector))
+    return tuple(out)
+
+
+def fingerprint(sql: str) -> str:
+    """pglast's query fingerprint (same shape, different literals → same value).
+
+    Unparseable text gets ``"text:"`` + a SHA-256 prefix of the exact text, so every audited
+    statement has a stable key.
+    """
+    try:
+        return str(pg_parser.fingerprint(sql))
+    except pg_parser.ParseError:
+        return "text:" + hashlib.sha256(sql.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def normalize(sql: str) -> str | None:
+    """The statement with literals replaced by ``$n`` (safe to log), or None if unparseable."""
+    try:
+        return str(pg_parser.normalize(sql))
+    except pg_parser.ParseError:
+        return None
+
+
+class ClassifierCache:
+    """Bounded LRU of classifications keyed by exact SQL text.
+
+    Not thread-safe (one per asyncio loop).  Texts longer than ``max_key_length`` characters
+    are classified every time rather than pinned in memory.
+    """
+
+    def __init__(
+        self,
+        maxsize: int = 10_000,
+        *,
+        max_length: int = MAX_LENGTH,
+        max_key_length: int = 16_384,
+    ) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.maxsize = maxsize
+        self.max_length = max_length
+        self.max_key_length = max_key_length
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[str, Classification] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def classify(self, sql: str) -> Classification:
+        """Cached :func:`classify`."""
+        entries = self._entries
+        found = entries.get(sql)
+        if found is not None:
+            entries.move_to_end(sql)
+            self.hits += 1
+            return found
+        self.misses += 1
+        result = classify(sql, max_length=self.max_length)
+        if len(sql) <= self.max_key_length:
+            entries[sql] = result
+            if len(entries) > self.maxsize:
+                entries.popitem(last=False)
+        return result
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.hits = self.misses = 0

@@ -1,0 +1,365 @@
+"""Policy verdicts over a classified statement: allowed, masked, blocked or needs_approval.
+
+Pure: a :class:`~policyc.proxy.classify.StatementInfo`, the agent's group and the policy in,
+a :class:`Verdict` out.  The proxy is the second fence (the database's roles, grants, views
+and row security are the first), so this module blocks what no agent may attempt, holds what
+the group wants a human to see, and otherwise lets the database decide.  Unknown statement
+types and session settings are blocked (fail closed).  Reasons name rules, never values from
+the SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from policyc.policy.model import ColumnRef, Group, Mask, Policy, TableName
+from policyc.proxy.classify import ANY_TABLE, UNQUALIFIED, Classification, StatementInfo
+
+Decision = Literal["allowed", "masked", "blocked", "needs_approval"]
+
+#: SQLSTATE for every policy block: insufficient_privilege.
+BLOCKED_SQLSTATE: Final = "42501"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the proxy does with one statement, and what it touches (for the audit record).
+
+    ``tables`` are resolved to the policy's base tables where possible (unqualified names
+    that match none stay with schema ``""``); ``phi_columns`` are every PHI column the
+    statement reads, masked or not; ``approval_shapes`` are the risky shapes that made it
+    need approval.
+    """
+
+    decision: Decision
+    reason: str | None
+    sqlstate: str | None
+    phi_columns: frozenset[ColumnRef]
+    tables: frozenset[TableName]
+    approval_shapes: frozenset[str] = frozenset()
+
+
+# Risky shapes no group may run, in the order their reason is reported.
+_ALWAYS_BLOCKED: Final = (
+    (
+        "role_change",
+        "changing the session role or authorization (SET ROLE, RESET ROLE, SET SESSION "
+        "AUTHORIZATION, RESET ALL, DISCARD ALL, role management) is not allowed",
+    ),
+    (
+        "set_config",
+        "changing role, session authorization or policyc settings (set_config, "
+        "SET policyc.*) is not allowed",
+    ),
+    ("copy_program", "COPY to or from a server program is not allowed"),
+    (
+        "file_access",
+        "server file access (pg_read_file, pg_ls_dir, lo_import, lo_export, COPY with a "
+        "server file and similar) is not allowed",
+    ),
+    ("large_object", "large object functions are not allowed"),
+    (
+        "dblink",
+        "connections to other servers (dblink, foreign data wrappers and servers) are not "
+        "allowed",
+    ),
+    (
+        "dynamic_sql",
+        "functions that run SQL given as text (query_to_xml, table_to_xml and similar) are "
+        "not allowed",
+    ),
+    (
+        "system_admin",
+        "server administration (signalling backends, reloading configuration, ALTER SYSTEM, "
+        "LOAD, CHECKPOINT and similar) is not allowed",
+    ),
+    (
+        "prepare_transaction",
+        "two-phase commit (PREPARE TRANSACTION, COMMIT PREPARED, ROLLBACK PREPARED) is not "
+        "allowed",
+    ),
+    ("lock", "explicit LOCK statements are not allowed"),
+)
+
+_BLOCKED_KINDS: Final = {
+    "other": "this statement type is not supported through the proxy",
+    "vacuum": "VACUUM and ANALYZE are not allowed; maintenance belongs to the DBA",
+    "call": "CALL of procedures is not allowed",
+    "role": "changing the session role or authorization is not allowed",
+}
+
+#: Session settings an agent may SET or RESET: formatting, timeouts, transaction modes.
+SETTABLE: Final = frozenset(
+    {
+        "application_name",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "idle_session_timeout",
+        "transaction_timeout",
+        "datestyle",
+        "timezone",
+        "intervalstyle",
+        "extra_float_digits",
+        "client_encoding",
+        "standard_conforming_strings",
+        "client_min_messages",
+        "bytea_output",
+        "default_transaction_isolation",
+        "default_transaction_read_only",
+        "default_transaction_deferrable",
+        "transaction_isolation",
+        "transaction_read_only",
+        "transaction_deferrable",
+        "lc_monetary",
+        "lc_numeric",
+        "lc_time",
+        "xmlbinary",
+        "xmloption",
+        "array_nulls",
+        "escape_string_warning",
+        "default_text_search_config",
+        # multi-forms: SET TRANSACTION, SET SESSION CHARACTERISTICS, SET CONSTRAINTS
+        "transaction",
+        "session characteristics",
+        "constraints",
+    }
+)
+#: Settings an agent may only read with SHOW (clients and drivers ask for these).
+SHOWABLE: Final = SETTABLE | frozenset(
+    {
+        "search_path",
+        "server_version",
+        "server_version_num",
+        "server_encoding",
+        "lc_collate",
+        "lc_ctype",
+        "is_superuser",
+        "integer_datetimes",
+        "max_identifier_length",
+        "block_size",
+        "role",
+        "session_authorization",
+        "in_hot_standby",
+    }
+)
+_PRINTABLE_SETTING = re.compile(r"^[a-z_][a-z0-9_.]{0,62}$")
+
+
+# --------------------------------------------------------------------------- group index
+
+
+@dataclass(frozen=True)
+class _Index:
+    """Per (group, policy) lookups, built once: table names → base tables, PHI, unmasked."""
+
+    group: Group
+    policy: Policy
+    known: frozenset[TableName]
+    by_name: Mapping[str, frozenset[TableName]]
+    phi: Mapping[TableName, Mapping[str, Mask]]
+    unmasked: frozenset[ColumnRef]
+
+
+_INDEXES: dict[tuple[int, int], _Index] = {}
+_MAX_INDEXES: Final = 256
+
+
+def _index(group: Group, policy: Policy) -> _Index:
+    key = (id(group), id(policy))
+    found = _INDEXES.get(key)
+    if found is not None and found.group is group and found.policy is policy:
+        return found
+    known = frozenset(group.tables())
+    by_name: dict[str, set[TableName]] = {}
+    for table in known:
+        by_name.setdefault(table.name, set()).add(table)
+    index = _Index(
+        group=group,
+        policy=policy,
+        known=known,
+        by_name={name: frozenset(tables) for name, tables in by_name.items()},
+        phi=policy.phi,
+        unmasked=frozenset(group.unmask),
+    )
+    if len(_INDEXES) >= _MAX_INDEXES:
+        _INDEXES.clear()
+    _INDEXES[key] = index
+    return index
+
+
+def _resolve(table: TableName, index: _Index) -> frozenset[TableName]:
+    """The group's base tables a written name can stand for; empty when none is known.
+
+    The agent's search_path is its group's view schema, whose views carry the base tables'
+    names, so an unqualified name means the group table of that name.  A qualified name the
+    policy does not know (the view schema itself, say) is matched by name too: PHI is
+    over-reported rather than missed.
+    """
+    if table.schema != UNQUALIFIED and (table in index.known or table in index.phi):
+        return frozenset({table})
+    return index.by_name.get(table.name, frozenset())
+
+
+def resolve_tables(info: StatementInfo, group: Group, policy: Policy) -> frozenset[TableName]:
+    """The statement's tables as base tables; unknown names are kept as written.
+
+    Unqualified names of the statement's own CTEs are dropped unless they also name a
+    group table (then the table is kept: over-report, never miss).
+    """
+    return _resolve_all(info, _index(group, policy))
+
+
+def _resolve_all(info: StatementInfo, index: _Index) -> frozenset[TableName]:
+    out: set[TableName] = set()
+    for table in info.tables:
+        resolved = _resolve(table, index)
+        if resolved:
+            out |= resolved
+        elif not (table.schema == UNQUALIFIED and table.name in info.ctes):
+            out.add(table)
+    return frozenset(out)
+
+
+def phi_columns(info: StatementInfo, group: Group, policy: Policy) -> frozenset[ColumnRef]:
+    """Every PHI column the statement reads; ``*`` on a PHI table touches all its PHI."""
+    index = _index(group, policy)
+    return _phi_columns(info, index, _resolve_all(info, index))
+
+
+def _phi_columns(
+    info: StatementInfo, index: _Index, tables: frozenset[TableName]
+) -> frozenset[ColumnRef]:
+    phi = index.phi
+    candidates = [t for t in tables if t in phi]
+    if not candidates:
+        return frozenset()
+    out: set[ColumnRef] = set()
+    for table, column in info.columns:
+        # A qualifier that is no known table (a CTE, a subquery alias) could be any.
+        targets: Iterable[TableName] = (
+            candidates if table == ANY_TABLE else (_resolve(table, index) or candidates)
+        )
+        for target in targets:
+            masks = phi.get(target)
+            if not masks:
+                continue
+            if column == "*":
+                out.update(ColumnRef(target, name) for name in masks)
+            elif column in masks:
+                out.add(ColumnRef(target, column))
+    return frozenset(out)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def decide(info: StatementInfo, group: Group, policy: Policy) -> Verdict:
+    """The verdict for one statement run by an agent of ``group``."""
+    index = _index(group, policy)
+    tables = _resolve_all(info, index)
+    touched = _phi_columns(info, index, tables)
+
+    def verdict(
+        decision: Decision, reason: str | None, shapes: frozenset[str] = frozenset()
+    ) -> Verdict:
+        sqlstate = BLOCKED_SQLSTATE if decision == "blocked" else None
+        return Verdict(decision, reason, sqlstate, touched, tables, shapes)
+
+    blocked = _blocked_reason(info, group)
+    if blocked is not None:
+        return verdict("blocked", blocked)
+    listed = info.risky & frozenset(group.approval.statements)
+    if listed:
+        shapes = ", ".join(sorted(listed))
+        return verdict(
+            "needs_approval",
+            f"statement shape ({shapes}) needs approval for group {group.name}",
+            listed,
+        )
+    if touched - index.unmasked:
+        return verdict("masked", "reads PHI columns that are masked for this group")
+    return verdict("allowed", None)
+
+
+def _blocked_reason(info: StatementInfo, group: Group) -> str | None:
+    risky = info.risky
+    for shape, reason in _ALWAYS_BLOCKED:
+        if shape in risky:
+            return reason
+    kind_reason = _BLOCKED_KINDS.get(info.kind)
+    if kind_reason is not None:
+        return kind_reason
+    approvable = group.approval.statements
+    if "do_block" in risky and not group.allow_do:
+        return f"DO blocks are not allowed for group {group.name}"
+    if "ddl" in risky and "ddl" not in approvable:
+        return (
+            "DDL (CREATE, ALTER, DROP, GRANT, CREATE TEMP TABLE, SELECT INTO and similar) is "
+            f"not allowed for group {group.name} unless its approval rules list ddl"
+        )
+    if info.kind in {"set", "reset", "show"}:
+        return _setting_reason(info)
+    return None
+
+
+def _setting_reason(info: StatementInfo) -> str | None:
+    setting = info.setting or ""
+    if info.kind == "show":
+        if setting in SHOWABLE:
+            return None
+        return f"SHOW {_setting_name(setting)} is not on the proxy's list of readable settings"
+    if setting == "search_path":
+        return "changing search_path is not allowed: agents stay in their group's view schema"
+    if setting in SETTABLE:
+        return None
+    verb = "RESET" if info.kind == "reset" else "SET"
+    return f"{verb} {_setting_name(setting)} is not on the proxy's list of harmless settings"
+
+
+def _setting_name(setting: str) -> str:
+    return setting if _PRINTABLE_SETTING.match(setting) else "of this setting"
+
+
+def decide_all(
+    classification: Classification, group: Group, policy: Policy
+) -> tuple[Verdict, ...]:
+    """One verdict per statement; an unclassifiable string gets one blocked verdict."""
+    if classification.error is not None:
+        return (
+            Verdict(
+                "blocked",
+                classification.error,
+                classification.error_sqlstate or BLOCKED_SQLSTATE,
+                frozenset(),
+                frozenset(),
+            ),
+        )
+    return tuple(decide(info, group, policy) for info in classification.statements)
+
+
+_SEVERITY: Final[dict[Decision, int]] = {
+    "allowed": 0,
+    "masked": 1,
+    "needs_approval": 2,
+    "blocked": 3,
+}
+
+
+def combine(verdicts: Iterable[Verdict]) -> Verdict:
+    """The verdict of a multi-statement string: the strictest one, touching everything.
+
+    A simple-protocol string runs as one implicit transaction, so it is decided as a whole:
+    one blocked statement blocks the string, one held statement holds it.
+    """
+    items = list(verdicts)
+    if not items:
+        return Verdict("allowed", None, None, frozenset(), frozenset())
+    worst = max(items, key=lambda v: _SEVERITY[v.decision])
+    phi: frozenset[ColumnRef] = frozenset().union(*(v.phi_columns for v in items))
+    tables: frozenset[TableName] = frozenset().union(*(v.tables for v in items))
+    shapes: frozenset[str] = frozenset().union(*(v.approval_shapes for v in items))
+    return Verdict(worst.decision, worst.reason, worst.sqlstate, phi, tables, shapes)

@@ -1,0 +1,50 @@
+# policyc.audit_row_changes(): statement-level audit trigger body (PL/Python).
+#
+# One call per statement, not per row: the rows come from the trigger's transition tables
+# (policyc_old / policyc_new) and land in audit.row_changes through a single set-based INSERT,
+# in the same transaction as the change (a rollback leaves no record). PHI columns are replaced
+# by keyed HMAC pseudonyms before they are written. Trigger arguments, fixed by `policyc apply`:
+#   TD["args"][0]  JSON list of primary-key columns (pairs old/new rows of an UPDATE)
+#   TD["args"][1]  JSON list of PHI columns to hash
+# The statement text is cached per (table, event) in SD; the plan is prepared per call because
+# transition tables only exist while this trigger runs.
+import json
+
+event = TD["event"]
+cache_key = (TD["relid"], event, TD["args"][0], TD["args"][1])
+cached = SD.get(cache_key)
+if cached is None:
+    pk_columns = json.loads(TD["args"][0])
+    if event == "INSERT":
+        source = "SELECT NULL::jsonb AS o, to_jsonb(n) AS n FROM policyc_new n"
+    elif event == "DELETE":
+        source = "SELECT to_jsonb(o) AS o, NULL::jsonb AS n FROM policyc_old o"
+    elif pk_columns:
+        join = " AND ".join(
+            "o.%s IS NOT DISTINCT FROM n.%s" % (plpy.quote_ident(c), plpy.quote_ident(c))
+            for c in pk_columns
+        )
+        source = (
+            "SELECT to_jsonb(o) AS o, to_jsonb(n) AS n "
+            "FROM policyc_old o FULL JOIN policyc_new n ON " + join
+        )
+    else:
+        source = (
+            "SELECT to_jsonb(o) AS o, NULL::jsonb AS n FROM policyc_old o "
+            "UNION ALL SELECT NULL::jsonb, to_jsonb(n) FROM policyc_new n"
+        )
+    text = (
+        "INSERT INTO audit.row_changes "
+        "(table_name, operation, txid, session_id, agent, db_user, old_row, new_row) "
+        "SELECT $1, $2, pg_catalog.pg_current_xact_id(), policyc.session_id(), policyc.agent(), "
+        "session_user, policyc._hash_phi(c.o, $3), policyc._hash_phi(c.n, $3) "
+        "FROM (" + source + ") c"
+    )
+    table_name = "%s.%s" % (TD["table_schema"], TD["table_name"])
+    cached = (text, table_name, json.loads(TD["args"][1]))
+    SD[cache_key] = cached
+
+text, table_name, phi_columns = cached
+plan = plpy.prepare(text, ["text", "text", "text[]"])
+plpy.execute(plan, [table_name, event, phi_columns])
+return None

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what policyc needs from the distribution when it is missing: a PostgreSQL server with
+# PL/Python 3, its client tools (psql, pgbench) and PgBouncer (for the benchmarks).
+# Debian/Ubuntu only; elsewhere it says what to install. Idempotent and quiet when all is there.
+set -euo pipefail
+
+have_server() { ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; }
+have_plpython() { ls /usr/lib/postgresql/*/lib/plpython3.so >/dev/null 2>&1; }
+have_tools() { command -v psql >/dev/null && command -v pgbench >/dev/null && command -v pgbouncer >/dev/null; }
+
+if have_server && have_plpython && have_tools; then
+    exit 0
+fi
+if ! command -v apt-get >/dev/null; then
+    echo "system-deps: install PostgreSQL (server, client, PL/Python 3) and PgBouncer, then retry" >&2
+    exit 1
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null; then SUDO="sudo"; else
+        echo "system-deps: need root (or sudo) to apt-get install postgresql and postgresql-plpython3" >&2
+        exit 1
+    fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# The distribution's default major version: the postgresql metapackage depends on postgresql-NN.
+major=$(apt-cache depends postgresql 2>/dev/null | sed -n 's/.*Depends: postgresql-\([0-9][0-9]*\)$/\1/p' | head -n1)
+if [ -z "$major" ]; then
+    echo "system-deps: cannot tell the distribution's PostgreSQL version (apt-cache depends postgresql)" >&2
+    exit 1
+fi
+$SUDO apt-get install -y -qq "postgresql-$major" "postgresql-client-$major" \
+    "postgresql-plpython3-$major" pgbouncer >/dev/null
+# Debian starts a system cluster on install; policyc never uses it (it runs its own clusters).
+echo "system-deps: installed PostgreSQL $major with PL/Python 3 and PgBouncer"

@@ -1,0 +1,119 @@
+"""Shared fixtures: one throwaway PostgreSQL cluster per test session (started as an
+unprivileged OS user when the suite runs as root), a fresh database per test made by
+pytest-postgresql's DatabaseJanitor, and the clinic example loaded from a template."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from policyc.devcluster import FAST_TEST_SETTINGS, SUPERUSER, Cluster, throwaway_cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+CLINIC = ROOT / "examples" / "clinic"
+HOSPITAL = Path(__file__).resolve().parent / "fixtures" / "hospital"
+_counter = itertools.count()
+
+
+def load_module(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    with throwaway_cluster(FAST_TEST_SETTINGS) as cluster:
+        yield cluster
+
+
+@dataclass
+class Database:
+    """A throwaway database in the session cluster."""
+
+    cluster: Cluster
+    name: str
+
+    @property
+    def dsn(self) -> str:
+        return self.cluster.dsn(self.name)
+
+    def dsn_as(self, role: str) -> str:
+        return self.cluster.dsn(self.name, user=role)
+
+    def connect(self, role: str = SUPERUSER, autocommit: bool = True) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.dsn_as(role), autocommit=autocommit)
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(sql.encode() if params is None else sql, params)
+            return cur.fetchall() if cur.description else []
+
+
+def _drop_roles(cluster: Cluster) -> None:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        roles = [
+            r[0]
+            for r in conn.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname <> %s AND rolname NOT LIKE 'pg\\_%%'",
+                (SUPERUSER,),
+            )
+        ]
+        for role in roles:
+            name = psycopg.sql.Identifier(role)
+            conn.execute(psycopg.sql.SQL("DROP OWNED BY {} CASCADE").format(name))
+            conn.execute(psycopg.sql.SQL("DROP ROLE {}").format(name))
+
+
+def _make_database(cluster: Cluster, template: str | None = None) -> DatabaseJanitor:
+    name = f"t{next(_counter)}"
+    janitor = DatabaseJanitor(
+        user=SUPERUSER, host="127.0.0.1", port=cluster.port, dbname=name,
+        template_dbname=template,
+    )
+    janitor.init()
+    return janitor
+
+
+@pytest.fixture
+def db(pg_cluster: Cluster) -> Iterator[Database]:
+    """An empty database; roles created by the test are dropped afterwards."""
+    janitor = _make_database(pg_cluster)
+    try:
+        yield Database(pg_cluster, janitor.dbname)
+    finally:
+        janitor.drop()
+        _drop_roles(pg_cluster)
+
+
+@pytest.fixture(scope="session")
+def clinic_template(pg_cluster: Cluster) -> str:
+    """A template database with the clinic schema and a small deterministic data set."""
+    janitor = _make_database(pg_cluster)
+    seed = load_module(CLINIC / "seed.py", "clinic_seed")
+    with psycopg.connect(pg_cluster.dsn(janitor.dbname), autocommit=True) as conn:
+        conn.execute((CLINIC / "schema.sql").read_text().encode())
+        seed.seed(conn, patients=300, seed=7)
+        conn.execute("ANALYZE")
+    return janitor.dbname
+
+
+@pytest.fixture
+def clinic_db(pg_cluster: Cluster, clinic_template: str) -> Iterator[Database]:
+    """A fresh copy of the clinic database (policy not applied)."""
+    janitor = _make_database(pg_cluster, template=clinic_template)
+    try:
+        yield Database(pg_cluster, janitor.dbname)
+    finally:
+        janitor.drop()
+        _drop_roles(pg_cluster)
