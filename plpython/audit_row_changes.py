@@ -21,7 +21,7 @@ if cached is None:
         source = "SELECT to_jsonb(o) AS o, NULL::jsonb AS n FROM policyc_old o"
     elif pk_columns:
         join = " AND ".join(
-            "o.%s IS NOT DISTINCT FROM n.%s" % (plpy.quote_ident(c), plpy.quote_ident(c))
+            "o.%s = n.%s" % (plpy.quote_ident(c), plpy.quote_ident(c))
             for c in pk_columns
         )
         source = (

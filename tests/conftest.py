@@ -4,8 +4,10 @@ pytest-postgresql's DatabaseJanitor, and the clinic example loaded from a templa
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from policyc.devcluster import FAST_TEST_SETTINGS, SUPERUSER, Cluster, throwaway_cluster
@@ -117,3 +120,41 @@ def clinic_db(pg_cluster: Cluster, clinic_template: str) -> Iterator[Database]:
     finally:
         janitor.drop()
         _drop_roles(pg_cluster)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need the cluster are marked ``db`` so ``make unit`` can skip them."""
+    for item in items:
+        if "pg_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.db)
+
+
+def clinic_policy(database: str) -> Any:
+    """The clinic example policy, pointed at a test database."""
+    from policyc.policy import load_policy
+
+    policy = load_policy(CLINIC / "policy.yaml")
+    return dataclasses.replace(policy, database=database)
+
+
+def register(db: Database, conn: psycopg.Connection[Any], agent: str, group: str,
+             claims: dict[str, Any]) -> str:
+    """Record ``conn``'s session identity the way the proxy does, through the owner side."""
+    session_id = str(uuid.uuid4())
+    pid = conn.info.backend_pid
+    with db.connect() as admin:
+        admin.execute(
+            "SELECT policyc.register_session(%s, %s, %s, %s, %s)",
+            (pid, session_id, agent, group, Jsonb({"sub": agent, **claims})),
+        )
+    return session_id
+
+
+@pytest.fixture
+def applied_clinic(clinic_db: Database) -> Database:
+    """The clinic database with its policy applied."""
+    from policyc.apply import apply_policy
+
+    with clinic_db.connect() as conn:
+        apply_policy(conn, clinic_policy(clinic_db.name))
+    return clinic_db

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from policyc.errors import PolicycError
 from policyc.proxy.codec import (
     AUTHENTICATION_OK,
     READY_IDLE,
@@ -85,7 +86,6 @@ from policyc.proxy.codec import (
     password_message,
     saslprep,
 )
-from policyc.errors import PolicycError
 
 
 def typed(type_: bytes, body: bytes) -> bytes:
@@ -152,8 +152,9 @@ FRONTEND_CASES: list[tuple[str, bytes, object]] = [
 ]
 
 
-@pytest.mark.parametrize(("data", "expected"), [c[1:] for c in FRONTEND_CASES],
-                         ids=[c[0] for c in FRONTEND_CASES])
+@pytest.mark.parametrize(
+    ("data", "expected"), [c[1:] for c in FRONTEND_CASES], ids=[c[0] for c in FRONTEND_CASES]
+)
 def test_frontend_decode_and_encode(data: bytes, expected: object) -> None:
     assert one_frontend(data) == expected
     assert expected.encode() == data  # type: ignore[attr-defined]
@@ -218,24 +219,36 @@ BACKEND_CASES: list[tuple[str, bytes, BackendMessage]] = [
         typed(b"R", i32(10) + b"SCRAM-SHA-256\0SCRAM-SHA-256-PLUS\0\0"),
         AuthenticationSASL(("SCRAM-SHA-256", "SCRAM-SHA-256-PLUS")),
     ),
-    ("auth-sasl-continue", typed(b"R", i32(11) + b"r=x,s=y,i=1"),
-     AuthenticationSASLContinue(b"r=x,s=y,i=1")),
+    (
+        "auth-sasl-continue",
+        typed(b"R", i32(11) + b"r=x,s=y,i=1"),
+        AuthenticationSASLContinue(b"r=x,s=y,i=1"),
+    ),
     ("auth-sasl-final", typed(b"R", i32(12) + b"v=abc"), AuthenticationSASLFinal(b"v=abc")),
     ("auth-gss", typed(b"R", i32(7)), AuthenticationOther(7)),
     ("parameter-status", typed(b"S", b"TimeZone\0UTC\0"), ParameterStatus("TimeZone", "UTC")),
-    ("backend-key", typed(b"K", i32(99) + b"\x00\x01\x02\x03"),
-     BackendKeyData(99, b"\x00\x01\x02\x03")),
+    (
+        "backend-key",
+        typed(b"K", i32(99) + b"\x00\x01\x02\x03"),
+        BackendKeyData(99, b"\x00\x01\x02\x03"),
+    ),
     ("ready-idle", b"Z\0\0\0\x05I", ReadyForQuery("I")),
     ("ready-failed", b"Z\0\0\0\x05E", ReadyForQuery("E")),
-    ("negotiate", typed(b"v", i32(196608) + i32(1) + b"_pq_.x\0"),
-     NegotiateProtocolVersion(196608, ("_pq_.x",))),
+    (
+        "negotiate",
+        typed(b"v", i32(196608) + i32(1) + b"_pq_.x\0"),
+        NegotiateProtocolVersion(196608, ("_pq_.x",)),
+    ),
     (
         "row-description",
         typed(b"T", i16(1) + FIELD),
         RowDescription((FieldDescription("id", 16384, 1, 23, 4, -1, 0),)),
     ),
-    ("data-row", typed(b"D", i16(3) + i32(1) + b"7" + i32(-1) + i32(0)),
-     DataRow((b"7", None, b""))),
+    (
+        "data-row",
+        typed(b"D", i16(3) + i32(1) + b"7" + i32(-1) + i32(0)),
+        DataRow((b"7", None, b"")),
+    ),
     ("command-complete", typed(b"C", b"INSERT 0 3\0"), CommandComplete("INSERT 0 3")),
     ("empty-query", b"I\0\0\0\x04", EmptyQueryResponse()),
     ("parse-complete", b"1\0\0\0\x04", ParseComplete()),
@@ -243,8 +256,11 @@ BACKEND_CASES: list[tuple[str, bytes, BackendMessage]] = [
     ("close-complete", b"3\0\0\0\x04", CloseComplete()),
     ("no-data", b"n\0\0\0\x04", NoData()),
     ("portal-suspended", b"s\0\0\0\x04", PortalSuspended()),
-    ("parameter-description", typed(b"t", i16(2) + i32(23) + struct.pack("!I", 4294967295)),
-     ParameterDescription((23, 4294967295))),
+    (
+        "parameter-description",
+        typed(b"t", i16(2) + i32(23) + struct.pack("!I", 4294967295)),
+        ParameterDescription((23, 4294967295)),
+    ),
     ("function-call-response", typed(b"V", i32(-1)), FunctionCallResponse(None)),
     ("copy-in", typed(b"G", b"\0" + i16(2) + i16(0) + i16(0)), CopyInResponse(0, (0, 0))),
     ("copy-out", typed(b"H", b"\x01" + i16(1) + i16(1)), CopyOutResponse(1, (1,))),
@@ -256,15 +272,22 @@ BACKEND_CASES: list[tuple[str, bytes, BackendMessage]] = [
         typed(b"E", b"SERROR\0VERROR\0C42501\0Mpermission denied\0\0"),
         ErrorResponse({"S": "ERROR", "V": "ERROR", "C": "42501", "M": "permission denied"}),
     ),
-    ("notice", typed(b"N", b"SNOTICE\0C00000\0Mhi\0\0"),
-     NoticeResponse({"S": "NOTICE", "C": "00000", "M": "hi"})),
-    ("notification", typed(b"A", i32(12) + b"chan\0payload\0"),
-     NotificationResponse(12, "chan", "payload")),
+    (
+        "notice",
+        typed(b"N", b"SNOTICE\0C00000\0Mhi\0\0"),
+        NoticeResponse({"S": "NOTICE", "C": "00000", "M": "hi"}),
+    ),
+    (
+        "notification",
+        typed(b"A", i32(12) + b"chan\0payload\0"),
+        NotificationResponse(12, "chan", "payload"),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("data", "expected"), [c[1:] for c in BACKEND_CASES],
-                         ids=[c[0] for c in BACKEND_CASES])
+@pytest.mark.parametrize(
+    ("data", "expected"), [c[1:] for c in BACKEND_CASES], ids=[c[0] for c in BACKEND_CASES]
+)
 def test_backend_decode_and_encode(data: bytes, expected: BackendMessage) -> None:
     assert one_backend(data) == expected
     assert expected.encode() == data
@@ -279,7 +302,9 @@ def test_error_response_helper_matches_server_layout() -> None:
     msg = one_backend(data)
     assert isinstance(msg, ErrorResponse)
     assert (msg.severity, msg.sqlstate, msg.message) == (
-        "ERROR", "42501", "permission denied for table patients"
+        "ERROR",
+        "42501",
+        "permission denied for table patients",
     )
     notice = one_backend(notice_response("held", severity="WARNING"))
     assert isinstance(notice, NoticeResponse)
@@ -342,7 +367,8 @@ def test_data_row_lazy_views() -> None:
 
 def test_framer_any_chunking_gives_same_frames() -> None:
     stream = (
-        i32(len(STARTUP) + 4) + STARTUP
+        i32(len(STARTUP) + 4)
+        + STARTUP
         + Query("select 1").encode()
         + Parse("", "select $1", (23,)).encode()
         + Bind("", "", (), (b"1",), ()).encode()
@@ -424,16 +450,23 @@ MALFORMED_FRONTEND: list[tuple[str, bytes, str]] = [
     ("query-trailing", typed(b"Q", b"select 1\0x"), "1 trailing bytes"),
     ("query-bad-utf8", typed(b"Q", b"select '\xff'\0"), "not valid UTF-8"),
     ("parse-count-overflow", typed(b"P", b"\0select 1\0" + i16(5) + i32(0)), "exceeds"),
-    ("bind-negative-length", typed(b"B", b"\0\0" + i16(0) + i16(1) + i32(-2) + i16(0)),
-     "negative length"),
-    ("bind-value-past-end", typed(b"B", b"\0\0" + i16(0) + i16(1) + i32(100) + b"ab"),
-     "truncated"),
+    (
+        "bind-negative-length",
+        typed(b"B", b"\0\0" + i16(0) + i16(1) + i32(-2) + i16(0)),
+        "negative length",
+    ),
+    ("bind-value-past-end", typed(b"B", b"\0\0" + i16(0) + i16(1) + i32(100) + b"ab"), "truncated"),
     ("bind-count-overflow", typed(b"B", b"\0\0" + i16(0) + i16(9) + i32(-1)), "exceeds"),
-    ("bind-format-mismatch",
-     typed(b"B", b"\0\0" + i16(2) + i16(0) + i16(0) + i16(3) + i32(-1) * 3 + i16(0)),
-     "2 parameter formats but 3 parameters"),
-    ("bind-format-code", typed(b"B", b"\0\0" + i16(1) + i16(7) + i16(0) + i16(0)),
-     "unsupported format code"),
+    (
+        "bind-format-mismatch",
+        typed(b"B", b"\0\0" + i16(2) + i16(0) + i16(0) + i16(3) + i32(-1) * 3 + i16(0)),
+        "2 parameter formats but 3 parameters",
+    ),
+    (
+        "bind-format-code",
+        typed(b"B", b"\0\0" + i16(1) + i16(7) + i16(0) + i16(0)),
+        "unsupported format code",
+    ),
     ("bind-missing-result-formats", typed(b"B", b"\0\0" + i16(0) + i16(0)), "truncated"),
     ("describe-kind", typed(b"D", b"Xname\0"), "kind must be"),
     ("describe-empty", typed(b"D", b""), "truncated"),
@@ -447,8 +480,9 @@ MALFORMED_FRONTEND: list[tuple[str, bytes, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("data", "message"), [c[1:] for c in MALFORMED_FRONTEND],
-                         ids=[c[0] for c in MALFORMED_FRONTEND])
+@pytest.mark.parametrize(
+    ("data", "message"), [c[1:] for c in MALFORMED_FRONTEND], ids=[c[0] for c in MALFORMED_FRONTEND]
+)
 def test_malformed_frontend(data: bytes, message: str) -> None:
     with pytest.raises(ProtocolViolation, match=message):
         one_frontend(data)
@@ -472,8 +506,9 @@ MALFORMED_STARTUP: list[tuple[str, bytes, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("body", "message"), [c[1:] for c in MALFORMED_STARTUP],
-                         ids=[c[0] for c in MALFORMED_STARTUP])
+@pytest.mark.parametrize(
+    ("body", "message"), [c[1:] for c in MALFORMED_STARTUP], ids=[c[0] for c in MALFORMED_STARTUP]
+)
 def test_malformed_startup(body: bytes, message: str) -> None:
     frame = Frame(b"", i32(len(body) + 4) + body)
     with pytest.raises(ProtocolViolation, match=message):
@@ -482,7 +517,7 @@ def test_malformed_startup(body: bytes, message: str) -> None:
 
 def test_unsupported_protocol_version() -> None:
     frame = Frame(b"", i32(9) + i32(2 << 16) + b"\0")
-    with pytest.raises(ProtocolViolation, match="unsupported frontend protocol 2.0") as info:
+    with pytest.raises(ProtocolViolation, match=r"unsupported frontend protocol 2\.0") as info:
         decode_frontend(frame)
     assert info.value.sqlstate == "0A000"
 
@@ -496,8 +531,11 @@ MALFORMED_BACKEND: list[tuple[str, bytes, str]] = [
     ("ready-empty", b"Z\0\0\0\x04", "truncated"),
     ("key-too-long", typed(b"K", i32(1) + b"k" * 257), "secret key of 257 bytes"),
     ("row-count-overflow", typed(b"T", i16(3) + FIELD), "exceeds"),
-    ("row-format", typed(b"T", i16(1) + b"id\0" + struct.pack("!IhIhih", 0, 0, 0, 0, 0, 3)),
-     "format"),
+    (
+        "row-format",
+        typed(b"T", i16(1) + b"id\0" + struct.pack("!IhIhih", 0, 0, 0, 0, 0, 3)),
+        "format",
+    ),
     ("row-truncated-field", typed(b"T", i16(1) + b"id\0" + b"\0" * 17), "truncated"),
     ("data-negative", typed(b"D", i16(1) + i32(-5)), "negative length"),
     ("data-trailing", typed(b"D", i16(0) + b"\0"), "trailing"),
@@ -515,8 +553,9 @@ MALFORMED_BACKEND: list[tuple[str, bytes, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("data", "message"), [c[1:] for c in MALFORMED_BACKEND],
-                         ids=[c[0] for c in MALFORMED_BACKEND])
+@pytest.mark.parametrize(
+    ("data", "message"), [c[1:] for c in MALFORMED_BACKEND], ids=[c[0] for c in MALFORMED_BACKEND]
+)
 def test_malformed_backend(data: bytes, message: str) -> None:
     with pytest.raises(ProtocolViolation, match=message):
         one_backend(data)
@@ -612,7 +651,6 @@ def test_scram_order_and_server_error() -> None:
 def test_scram_default_nonce_is_random_and_username_empty() -> None:
     a, b = ScramClient("pw"), ScramClient("pw")
     assert a.client_first() != b.client_first()
-    assert a.client_first.__self__ is a
     assert ScramClient("pw", nonce="abc").client_first() == b"n,,n=,r=abc"
     assert ScramClient("pw", username="a=b,c", nonce="n").client_first() == b"n,,n=a=3Db=2Cc,r=n"
 
@@ -837,8 +875,14 @@ def test_live_simple_and_extended_queries(server_port: int) -> None:
     )
     msgs = client.until_ready()
     assert [type(m).__name__ for m in msgs] == [
-        "ParseComplete", "BindComplete", "DataRow", "DataRow", "PortalSuspended",
-        "DataRow", "CommandComplete", "ReadyForQuery",
+        "ParseComplete",
+        "BindComplete",
+        "DataRow",
+        "DataRow",
+        "PortalSuspended",
+        "DataRow",
+        "CommandComplete",
+        "ReadyForQuery",
     ]
 
     client.send(Query("").encode(), Query("select 1/0").encode())
@@ -847,8 +891,13 @@ def test_live_simple_and_extended_queries(server_port: int) -> None:
     assert isinstance(err, ErrorResponse)
     assert err.sqlstate == "22012"
 
-    client.send(Parse("", "create temp table t (a int)").encode(), Bind("", "").encode(),
-                Describe("P", "").encode(), Execute().encode(), Sync().encode())
+    client.send(
+        Parse("", "create temp table t (a int)").encode(),
+        Bind("", "").encode(),
+        Describe("P", "").encode(),
+        Execute().encode(),
+        Sync().encode(),
+    )
     assert client.until_ready()[2] == NoData()
     client.close()
 

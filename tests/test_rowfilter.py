@@ -148,8 +148,10 @@ def test_overlong_and_deeply_nested_filters() -> None:
     assert problems("a = 1 AND " * (MAX_LENGTH // 10) + "true")[0].startswith(
         "a row filter is limited"
     )
-    deep = "(" * 2000 + "a = 1" + ")" * 2000
-    assert problems(deep)  # refused one way or another, never a crash
+    assert problems("(" * 2000 + "a = 1" + ")" * 2000) == []  # parentheses only group
+    deep = "lower(" * 1000 + "a" + ")" * 1000 + " = 'x'"
+    assert problems(deep) == ["row filter is nested too deeply"]
+    assert problems("NOT " * 1500 + "true") == ["row filter is nested too deeply"]
 
 
 def test_allowlist_is_free_of_known_volatile_functions() -> None:

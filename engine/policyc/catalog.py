@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from policyc.policy.model import TableName
 from policyc.resources import sql_dir
@@ -29,6 +30,7 @@ class Column:
     category: str  # pg_type.typcategory: S string, D datetime, N numeric, U user (uuid), ...
     not_null: bool
     has_default: bool
+    sequence: tuple[str, str] | None = None  # (schema, name) a serial default draws from
 
 
 @dataclass(frozen=True)
@@ -113,11 +115,12 @@ def load_tables(
     schemas = [t.schema for t in wanted]
     rels = [t.name for t in wanted]
     columns: dict[TableName, list[Column]] = {}
-    for schema, rel, attname, type_sql, typname, category, not_null, has_def in _fetch(
+    for schema, rel, attname, type_sql, typname, category, not_null, has_def, seq in _fetch(
         conn, _COLUMNS, (schemas, rels)
     ):
         columns.setdefault(TableName(schema, rel), []).append(
-            Column(attname, type_sql, typname, category, not_null, has_def)
+            Column(attname, type_sql, typname, category, not_null, has_def,
+                   (seq[0], seq[1]) if seq else None)
         )
     tables = {}
     for schema, rel, kind, rls, public, pk in _fetch(conn, _TABLES, (schemas, rels)):
@@ -210,6 +213,31 @@ _OBSERVE_TRIGGERS = "observe_triggers"
 _EXTRA_PRIVILEGES = "extra_privileges"
 
 
+def revoke_statement(
+    group: str, privilege: str, kind: str, schema: str | None, name: str, column: str | None,
+    /,
+) -> str:
+    """The statement that takes one privilege found by extra_privileges.sql away again."""
+    role = sql.Identifier(group)
+    if kind == "ROLE":  # name is regrole text, already quoted by the server
+        return sql.SQL("REVOKE {} FROM {}").format(sql.SQL(name), role).as_string(None)
+    if privilege == "OWNER":
+        return sql.SQL("ALTER {} {} OWNER TO policyc_owner").format(
+            sql.SQL(kind), sql.Identifier(schema or "", name)
+        ).as_string(None)
+    target: sql.Composable
+    if kind == "FUNCTION":  # name is regprocedure text, already quoted by the server
+        target = sql.SQL(name)
+    elif schema is None:
+        target = sql.Identifier(name)
+    else:
+        target = sql.Identifier(schema, name)
+    columns = sql.SQL(" ({})").format(sql.Identifier(column)) if column else sql.SQL("")
+    return sql.SQL("REVOKE {}{} ON {} {} FROM {}").format(
+        sql.SQL(privilege), columns, sql.SQL(kind), target, role
+    ).as_string(None)
+
+
 def observe_all(
     conn: psycopg.Connection[Any],
     *,
@@ -247,8 +275,8 @@ def observe_all(
     for schema, name, text in _fetch(conn, _OBSERVE_TRIGGERS, tab_args):
         observed[f"trigger:{schema}.{name}"] = text
     extra: dict[str, list[str]] = {}
-    for group, revoke in _fetch(conn, _EXTRA_PRIVILEGES, {"groups": sorted(set(groups))}):
-        extra.setdefault(group, []).append(revoke)
+    for group, *privilege in _fetch(conn, _EXTRA_PRIVILEGES, {"groups": sorted(set(groups))}):
+        extra.setdefault(group, []).append(revoke_statement(group, *privilege))
     for group in groups:
         observed[f"privileges:{group}"] = json.dumps(extra.get(group, []))
     return observed, {k: tuple(v) for k, v in extra.items()}

@@ -174,7 +174,7 @@ def make_plan(conn: psycopg.Connection[Any], policy: Policy) -> Plan:
             statements = obj.create_sql
             if obj.kind == "role" and obj.key.split(":", 1)[1] in catalog.roles:
                 statements = obj.update_sql or obj.create_sql
-            elif obj.kind in ("rls", "trigger", "base-grants"):
+            elif obj.kind in ("rls", "trigger"):
                 statements = (*obj.drop_sql, *obj.create_sql)
             changes.append(
                 Change(obj.key, obj.family, "create", statements, tuple(_hazards(obj, None)))

@@ -1,5 +1,9 @@
 SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
-       bt.typname, bt.typcategory, a.attnotnull, a.atthasdef
+       bt.typname, bt.typcategory, a.attnotnull, a.atthasdef,
+       (SELECT ARRAY[sn.nspname::text, s.relname::text]
+          FROM pg_class s JOIN pg_namespace sn ON sn.oid = s.relnamespace
+         WHERE s.oid = pg_get_serial_sequence(quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+                                              a.attname)::regclass)
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
   JOIN pg_type t ON t.oid = a.atttypid

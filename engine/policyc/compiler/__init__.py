@@ -11,7 +11,13 @@ import json
 from collections.abc import Iterable
 
 from policyc import RUNTIME_VERSION, runtime
-from policyc.catalog import MANAGED_ROLE_COMMENT, RUNTIME_ROLES, Catalog, Table
+from policyc.catalog import (
+    MANAGED_ROLE_COMMENT,
+    RUNTIME_ROLES,
+    Catalog,
+    Table,
+    revoke_statement,
+)
 from policyc.compiler.masks import MaskTypeError, mask_expression
 from policyc.compiler.objects import Compiled, DesiredObject
 from policyc.compiler.render import ident, statements
@@ -134,11 +140,17 @@ def _group_objects(
         view = _view_object(policy, group, table, problems)
         if view is not None:
             objects.append(view)
+    expected = {
+        revoke_statement(role, "USAGE", "SEQUENCE", schema, name, None)
+        for obj in objects if obj.kind == "view"
+        for schema, _, name in (s.partition(".") for s in obj.semantic.get("sequences", []))
+    }
+    extra = tuple(r for r in catalog.extra_privileges.get(role, ()) if r not in expected)
     objects.append(
         DesiredObject(
             key=f"privileges:{role}",
             family="grants",
-            create_sql=catalog.extra_privileges.get(role, ()),
+            create_sql=extra,
             drop_sql=(),
             semantic={"extra": []},
         )
@@ -206,6 +218,11 @@ def _view_object(
         columns.append({"name": column.name, "expression": expression})
     order = [c.name for c in table.columns]
     select = [c for c in order if c in read_cols]
+    # a serial default runs nextval() as the inserting role, which needs USAGE on the sequence
+    sequences = sorted(
+        {".".join(c.sequence) for c in table.columns
+         if c.sequence and c.name not in insert_cols}
+    ) if insert_cols else []
     context = {
         "schema": group.name,
         "view": table.name.name,
@@ -216,6 +233,7 @@ def _view_object(
         "insert": [c for c in order if c in insert_cols],
         "update": [c for c in order if c in update_cols],
         "delete": delete,
+        "sequences": sequences,
         "comment": f"policyc: {table.name} as group {group.name} sees it (masked, filtered)",
     }
     return DesiredObject(
@@ -229,6 +247,7 @@ def _view_object(
             "insert": context["insert"],
             "update": context["update"],
             "delete": delete,
+            "sequences": sequences,
         },
     )
 

@@ -22,6 +22,11 @@ def qname(table: TableName) -> str:
     return sql.Identifier(table.schema, table.name).as_string(None)
 
 
+def seqname(dotted: str) -> str:
+    schema, _, name = dotted.partition(".")
+    return sql.Identifier(schema, name).as_string(None)
+
+
 def literal(value: Any) -> str:
     return sql.Literal(value).as_string(None)
 
@@ -38,7 +43,7 @@ def _environment() -> jinja2.Environment:
         autoescape=False,  # noqa: S701 - renders SQL, not HTML
         trim_blocks=False,
     )
-    env.filters.update(ident=ident, qname=qname, literal=literal, idents=idents)
+    env.filters.update(ident=ident, qname=qname, literal=literal, idents=idents, seqname=seqname)
     return env
 
 

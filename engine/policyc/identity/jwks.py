@@ -253,7 +253,7 @@ class FileKeySource:
 class _HttpsOnlyRedirect(urllib.request.HTTPRedirectHandler):
     """Follow redirects only to https: a redirect must not downgrade the key fetch."""
 
-    def redirect_request(  # noqa: PLR0917 - the base class's signature
+    def redirect_request(
         self,
         req: urllib.request.Request,
         fp: Any,

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from policyc.errors import Location, Problem
 from policyc.policy import durations
 from policyc.policy._keypath import dotted, qualify_table
+from policyc.policy._schema import load_schema
 from policyc.policy._yamltree import Document, Path
 from policyc.policy.model import (
     ALL_COLUMNS,
@@ -57,6 +58,9 @@ _RESERVED_PREFIXES = ("pg_", "policyc_")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _MASKS = ", ".join(m.value for m in Mask)
 _ASYMMETRIC_HINT = "use an asymmetric algorithm such as RS256, ES256 or EdDSA"
+# Names the schema refuses are skipped here, so one bad name is one problem, not a cascade.
+_TABLE_NAME = re.compile(load_schema()["$defs"]["tableName"]["pattern"])
+_COLUMN_REF = re.compile(load_schema()["$defs"]["columnRef"]["pattern"])
 
 
 def _as_dict(value: object) -> dict[str, object]:
@@ -83,6 +87,7 @@ class Builder:
         """Keys where a message here replaces the schema's (pattern/enum) one."""
         self._phi_columns: dict[TableName, set[str]] = {}
         self._oidc_owners: dict[str, list[tuple[str, Path]]] = {}
+        self._approver_items: list[tuple[int, str]] = []
 
     # --- reporting ------------------------------------------------------------------------
 
@@ -149,7 +154,7 @@ class Builder:
                 f"service role '{proxy.service_role}' is also a group name: the proxy's own "
                 "role must not be an agent group role",
             )
-        for index, role in enumerate(approvals.approvers):
+        for index, role in self._approver_items:
             if role in names:
                 self.report(
                     ("approvals", "approvers", index),
@@ -214,6 +219,8 @@ class Builder:
         seen: dict[str, str] = {}
         out: list[tuple[TableName, str, object]] = []
         for raw, item in _as_dict(value).items():
+            if not _TABLE_NAME.match(raw):
+                continue
             qualified = qualify_table(raw)
             if qualified in seen:
                 first = seen[qualified]
@@ -227,12 +234,12 @@ class Builder:
             out.append((TableName.parse(raw), raw, item))
         return out
 
-    def _columns(self, path: Path, value: object) -> tuple[Columns | None, dict[str, int]]:
-        """``"*"`` or the column names of a list (with their indices); repeats reported."""
+    def _columns(self, path: Path, value: object) -> Columns | None:
+        """``"*"`` or the column names of a list; repeats reported; None when malformed."""
         if value == "*":
-            return ALL_COLUMNS, {}
+            return ALL_COLUMNS
         if not isinstance(value, list):
-            return None, {}
+            return None
         indices: dict[str, int] = {}
         for index, item in enumerate(value):
             if not isinstance(item, str):
@@ -246,7 +253,7 @@ class Builder:
                 )
                 continue
             indices[item] = index
-        return tuple(indices), indices
+        return tuple(indices)
 
     # --- sections -------------------------------------------------------------------------
 
@@ -312,6 +319,13 @@ class Builder:
         for table, raw, columns in self._tables(path, value):
             masks: dict[str, Mask] = {}
             for column, mask in _as_dict(columns).items():
+                if mask is None:
+                    self.report(
+                        (*path, raw, column),
+                        "no mask given (YAML reads a bare null as empty): to use the null mask "
+                        'write "null"',
+                        supersede=True,
+                    )
                 if not isinstance(mask, str):
                     continue
                 try:
@@ -336,11 +350,9 @@ class Builder:
                 supersede=True,
             )
         defaults = Approvals()
+        self._approver_items = self._unique_strings((*path, "approvers"), approvers, "approver")
         return Approvals(
-            approvers=tuple(
-                role
-                for _, role in self._unique_strings((*path, "approvers"), approvers, "approver")
-            ),
+            approvers=tuple(role for _, role in self._approver_items),
             hold_seconds=self._duration(
                 (*path, "hold"), section.get("hold"), defaults.hold_seconds, positive=True
             ),
@@ -403,11 +415,11 @@ class Builder:
 
         read: dict[TableName, Columns] = {}
         for table, raw, columns in self._tables((*path, "read"), value.get("read")):
-            parsed, _ = self._columns((*path, "read", raw), columns)
+            parsed = self._columns((*path, "read", raw), columns)
             if parsed is not None:
                 read[table] = parsed
 
-        write = self._writes(path, name, value.get("write"))
+        write = self._writes(path, value.get("write"))
         rows = self._rows(path, name, value.get("rows"), read, write)
         unmask = self._unmask(path, name, value.get("unmask"), read)
         self._check_masked_writes(path, name, value.get("write"), read, set(unmask))
@@ -423,32 +435,31 @@ class Builder:
             name=name,
             oidc_groups=tuple(item for _, item in oidc),
             read=read,
-            write={table: grant for table, (grant, _) in write.items()},
+            write=write,
             rows=rows,
             unmask=unmask,
             approval=approval,
             allow_do=allow_do if isinstance(allow_do, bool) else False,
         )
 
-    def _writes(
-        self, path: Path, name: str, value: object
-    ) -> dict[TableName, tuple[WriteGrant, str]]:
-        writes: dict[TableName, tuple[WriteGrant, str]] = {}
+    def _writes(self, path: Path, value: object) -> dict[TableName, WriteGrant]:
+        writes: dict[TableName, WriteGrant] = {}
         for table, raw, entry in self._tables((*path, "write"), value):
             if not isinstance(entry, dict):
                 continue
             entry_path = (*path, "write", raw)
-            insert, _ = self._columns((*entry_path, "insert"), entry.get("insert"))
-            update, _ = self._columns((*entry_path, "update"), entry.get("update"))
+            insert = self._columns((*entry_path, "insert"), entry.get("insert"))
+            update = self._columns((*entry_path, "update"), entry.get("update"))
             delete = entry.get("delete") is True
             if "insert" not in entry and "update" not in entry and entry.get("delete") is False:
                 self.report(
                     entry_path,
                     f"write entry for {table} grants nothing: give insert, update or delete: true",
                 )
-            writes[table] = (
-                WriteGrant(insert=insert or (), update=update or (), delete=delete),
-                raw,
+            writes[table] = WriteGrant(
+                insert=insert if insert is not None else (),
+                update=update if update is not None else (),
+                delete=delete,
             )
         return writes
 
@@ -458,7 +469,7 @@ class Builder:
         name: str,
         value: object,
         read: Mapping[TableName, Columns],
-        write: Mapping[TableName, tuple[WriteGrant, str]],
+        write: Mapping[TableName, WriteGrant],
     ) -> dict[TableName, str]:
         rows: dict[TableName, str] = {}
         for table, raw, expression in self._tables((*path, "rows"), value):
@@ -483,7 +494,7 @@ class Builder:
         seen: dict[ColumnRef, int] = {}
         list_path = (*path, "unmask")
         for index, item in enumerate(_as_list(value)):
-            if not isinstance(item, str) or "." not in item:
+            if not isinstance(item, str) or not _COLUMN_REF.match(item):
                 continue  # the schema reports it
             ref = ColumnRef.parse(item)
             item_path = (*list_path, index)
@@ -583,7 +594,11 @@ class Builder:
 
 def _plain_tables(value: object) -> list[tuple[TableName, str, object]]:
     """Entries of a table-keyed mapping without reporting (the reporting pass does that)."""
-    return [(TableName.parse(raw), raw, item) for raw, item in _as_dict(value).items()]
+    return [
+        (TableName.parse(raw), raw, item)
+        for raw, item in _as_dict(value).items()
+        if _TABLE_NAME.match(raw)
+    ]
 
 
 def _names(columns: Columns) -> tuple[str, ...]:

@@ -24,7 +24,11 @@ Path = tuple[str | int, ...]
 """Raw key path: mapping keys as written, list indices as ints."""
 
 
-class _Loader(yaml.SafeLoader):
+_Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's parser when PyYAML was built with it (about ten times faster), else pure Python."""
+
+
+class _Loader(_Base):  # type: ignore[valid-type,misc]
     """SafeLoader with YAML 1.2 core booleans and integers."""
 
 
@@ -105,7 +109,7 @@ def read_yaml(text: str) -> Document:
 def _explain(exc: yaml.MarkedYAMLError) -> str:
     """The parser's complaint, with the line where the unfinished construct began."""
     what = exc.problem or "invalid YAML"
-    if "<block end>" in what:
+    if "<block end>" in what or what == "did not find expected key":
         what += " (check the indentation)"
     if exc.context and what.startswith("but found"):
         what = f"{exc.context}, {what}"

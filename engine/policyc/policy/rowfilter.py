@@ -170,6 +170,8 @@ def check_row_filter(expression: str, table: TableName) -> list[str]:
     sql = _PREFIX + expression
     try:
         tree = json.loads(parse_sql_json(sql))
+    except RecursionError:
+        return ["row filter is nested too deeply"]
     except ParseError as exc:
         message = str(exc.args[0]) if exc.args else "syntax error"
         location = exc.args[1] if len(exc.args) > 1 else None
@@ -193,7 +195,7 @@ def check_row_filter(expression: str, table: TableName) -> list[str]:
     try:
         walker.walk(select["whereClause"], {table.name: table.schema}, in_subquery=False)
     except RecursionError:
-        return [*problems, "is nested too deeply"]
+        return [*problems, "row filter is nested too deeply"]
     return _unique([*problems, *walker.problems])
 
 

@@ -87,12 +87,17 @@ RISKY: Final = frozenset(
 
 #: Schema of a table name written without one (resolved later through the group's views).
 UNQUALIFIED: Final = ""
+WrittenTableName = TableName
+"""A table name as the agent wrote it: ``schema`` is :data:`UNQUALIFIED` when none was written.
+
+Not yet a policy table: :func:`policyc.proxy.verdict.resolve_tables` maps it to base tables.
+"""
 #: Stand-in table for a column whose qualifier is absent or names no table of the statement.
 ANY_TABLE: Final = TableName("", "")
 #: Default ceiling on statement text, in UTF-8 bytes.
 MAX_LENGTH: Final = 1_000_000
 
-ColumnUse = tuple[TableName, str]
+ColumnUse = tuple[WrittenTableName, str]
 """``(table, column)``; table may be :data:`ANY_TABLE`, column may be ``"*"``."""
 
 
@@ -108,7 +113,7 @@ class StatementInfo:
 
     kind: StatementKind
     text: str
-    tables: frozenset[TableName] = frozenset()
+    tables: frozenset[WrittenTableName] = frozenset()
     columns: frozenset[ColumnUse] = frozenset()
     risky: frozenset[str] = frozenset()
     functions: frozenset[str] = frozenset()
@@ -117,7 +122,7 @@ class StatementInfo:
     name: str | None = None
 
     @property
-    def node_tables(self) -> frozenset[TableName]:
+    def tables_without_ctes(self) -> frozenset[TableName]:
         """Tables excluding unqualified references that name a CTE of the statement."""
         return frozenset(
             t for t in self.tables if not (t.schema == UNQUALIFIED and t.name in self.ctes)

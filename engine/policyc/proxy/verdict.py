@@ -63,8 +63,7 @@ _ALWAYS_BLOCKED: Final = (
     ("large_object", "large object functions are not allowed"),
     (
         "dblink",
-        "connections to other servers (dblink, foreign data wrappers and servers) are not "
-        "allowed",
+        "connections to other servers (dblink, foreign data wrappers and servers) are not allowed",
     ),
     (
         "dynamic_sql",
@@ -78,8 +77,7 @@ _ALWAYS_BLOCKED: Final = (
     ),
     (
         "prepare_transaction",
-        "two-phase commit (PREPARE TRANSACTION, COMMIT PREPARED, ROLLBACK PREPARED) is not "
-        "allowed",
+        "two-phase commit (PREPARE TRANSACTION, COMMIT PREPARED, ROLLBACK PREPARED) is not allowed",
     ),
     ("lock", "explicit LOCK statements are not allowed"),
 )
@@ -324,9 +322,7 @@ def _setting_name(setting: str) -> str:
     return setting if _PRINTABLE_SETTING.match(setting) else "of this setting"
 
 
-def decide_all(
-    classification: Classification, group: Group, policy: Policy
-) -> tuple[Verdict, ...]:
+def decide_all(classification: Classification, group: Group, policy: Policy) -> tuple[Verdict, ...]:
     """One verdict per statement; an unclassifiable string gets one blocked verdict."""
     if classification.error is not None:
         return (

@@ -63,15 +63,22 @@ class Frame(NamedTuple):
 
 Chunk = bytes | bytearray | memoryview
 
+_new_frame = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+
 
 class _Framer:
-    """Buffering and failure state shared by both directions."""
+    """Buffering and failure state shared by both directions.
 
-    __slots__ = ("_buf", "_failed")
+    ``_need`` is how many bytes the buffered partial message needs before a scan can make
+    progress, so a large message arriving in many chunks is appended, not rescanned, per chunk.
+    """
+
+    __slots__ = ("_buf", "_failed", "_need")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._failed = False
+        self._need = 0
 
     @property
     def pending(self) -> int:
@@ -82,6 +89,7 @@ class _Framer:
         """Remove and return the unframed bytes (e.g. to hand them to another consumer)."""
         data = bytes(self._buf)
         self._buf.clear()
+        self._need = 0
         return data
 
     def feed(self, data: Chunk) -> list[Frame]:
@@ -93,25 +101,28 @@ class _Framer:
         if self._failed:
             raise ProtocolViolation("connection stream already failed framing")
         buf = self._buf
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return []
+            data = bytes(buf)
+            buf.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
         try:
-            if buf:
-                buf += data
-                frames, used = self._scan(buf)
-                if used:
-                    del buf[:used]
-            else:
-                # Fast path: frame straight from the caller's chunk, buffer only the tail.
-                frames, used = self._scan(data)
-                if used < len(data):
-                    with memoryview(data) as view:
-                        buf += view[used:]
+            frames: list[Frame] = []
+            used, self._need = self._scan(data, frames)
         except ProtocolViolation:
             self._failed = True
             buf.clear()
             raise
+        if used < len(data):
+            with memoryview(data) as view:
+                buf += view[used:]
         return frames
 
-    def _scan(self, data: Chunk) -> tuple[list[Frame], int]:
+    def _scan(self, data: bytes, frames: list[Frame]) -> tuple[int, int]:
+        """Append complete frames; return (bytes used, bytes the remaining partial needs)."""
         raise NotImplementedError
 
 
@@ -124,22 +135,22 @@ class BackendFramer(_Framer):
         super().__init__()
         self.max_length = max_length
 
-    def _scan(self, data: Chunk) -> tuple[list[Frame], int]:
-        frames: list[Frame] = []
+    def _scan(self, data: bytes, frames: list[Frame]) -> tuple[int, int]:
         pos = 0
         end = len(data)
         limit = self.max_length
-        with memoryview(data) as view:
-            while end - pos >= 5:
-                length = INT32.unpack_from(view, pos + 1)[0]
-                if length < 4 or length > limit:
-                    raise _bad_length(BYTE[view[pos]], length, limit)
-                stop = pos + 1 + length
-                if stop > end:
-                    break
-                frames.append(Frame(BYTE[view[pos]], view[pos:stop].tobytes()))
-                pos = stop
-        return frames, pos
+        unpack = INT32.unpack_from
+        append = frames.append
+        while end - pos >= 5:
+            length = unpack(data, pos + 1)[0]
+            if length < 4 or length > limit:
+                raise _bad_length(BYTE[data[pos]], length, limit)
+            stop = pos + 1 + length
+            if stop > end:
+                return pos, 1 + length
+            append(_new_frame(Frame, (BYTE[data[pos]], data[pos:stop])))
+            pos = stop
+        return pos, 5
 
 
 class FrontendFramer(_Framer):
@@ -175,47 +186,44 @@ class FrontendFramer(_Framer):
 
     def set_typed(self) -> None:
         self._startup = False
+        self._need = 0
 
-    def _scan(self, data: Chunk) -> tuple[list[Frame], int]:
-        frames: list[Frame] = []
+    def _scan(self, data: bytes, frames: list[Frame]) -> tuple[int, int]:
         pos = 0
         end = len(data)
         limits = self._limits
-        with memoryview(data) as view:
-            while True:
-                if self._startup:
-                    if end - pos < 4:
-                        break
-                    length = INT32.unpack_from(view, pos)[0]
-                    if length < MIN_STARTUP_LENGTH or length > self.max_startup_length:
-                        raise ProtocolViolation(
-                            f"invalid length of startup packet ({length} bytes; "
-                            f"allowed {MIN_STARTUP_LENGTH} to {self.max_startup_length})"
-                        )
-                    stop = pos + length
-                    if stop > end:
-                        break
-                    frames.append(Frame(b"", view[pos:stop].tobytes()))
-                    pos = stop
-                    code = INT32.unpack_from(view, pos - length + 4)[0]
-                    if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE, CANCEL_REQUEST_CODE):
-                        break  # nothing may be read in clear after these
-                    if code >> 16 == 3:
-                        self._startup = False
-                    continue
-                if end - pos < 5:
-                    break
-                type_ = view[pos]
-                length = INT32.unpack_from(view, pos + 1)[0]
-                limit = limits[type_]
-                if length < 4 or length > limit:
-                    raise _bad_length(BYTE[type_], length, limit)
-                stop = pos + 1 + length
-                if stop > end:
-                    break
-                frames.append(Frame(BYTE[type_], view[pos:stop].tobytes()))
-                pos = stop
-        return frames, pos
+        unpack = INT32.unpack_from
+        while self._startup:
+            if end - pos < 4:
+                return pos, 4
+            length = unpack(data, pos)[0]
+            if length < MIN_STARTUP_LENGTH or length > self.max_startup_length:
+                raise ProtocolViolation(
+                    f"invalid length of startup packet ({length} bytes; "
+                    f"allowed {MIN_STARTUP_LENGTH} to {self.max_startup_length})"
+                )
+            stop = pos + length
+            if stop > end:
+                return pos, length
+            frames.append(Frame(b"", data[pos:stop]))
+            code = unpack(data, pos + 4)[0]
+            pos = stop
+            if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE, CANCEL_REQUEST_CODE):
+                return pos, 0  # nothing may be read in clear after these
+            if code >> 16 == 3:
+                self._startup = False
+        while end - pos >= 5:
+            type_ = data[pos]
+            length = unpack(data, pos + 1)[0]
+            limit = limits[type_]
+            if length < 4 or length > limit:
+                raise _bad_length(BYTE[type_], length, limit)
+            stop = pos + 1 + length
+            if stop > end:
+                return pos, 1 + length
+            frames.append(_new_frame(Frame, (BYTE[type_], data[pos:stop])))
+            pos = stop
+        return pos, 5
 
 
 def _bad_length(type_: bytes, length: int, limit: int) -> ProtocolViolation:

@@ -1,0 +1,90 @@
+# functions are found anywhere in the tree, by last name part, case-insensitively
+select set_config('role','x',false)
+=> select[role_change,set_config] blocked
+
+SELECT pg_catalog.set_config('statement_timeout', '1s', true)
+=> select[set_config] blocked
+
+SELECT SET_CONFIG($1, $2, false)
+=> select[role_change,set_config] blocked
+
+SELECT * FROM (SELECT pg_read_file('/etc/passwd')) s
+=> select[file_access] blocked
+
+SELECT * FROM pg_ls_dir('.')
+=> select[file_access] blocked
+
+SELECT id FROM patients WHERE ssn = (SELECT pg_read_binary_file('x')::text)
+=> select[file_access] blocked
+
+SELECT pg_stat_file('postgresql.conf')
+=> select[file_access] blocked
+
+select pg_catalog.lo_export(1,'/tmp/x')
+=> select[file_access,large_object] blocked
+
+SELECT lo_import('/etc/hosts')
+=> select[file_access,large_object] blocked
+
+SELECT lo_get(16400)
+=> select[large_object] blocked
+
+SELECT loread(lo_open(1, 262144), 100)
+=> select[large_object] blocked
+
+SELECT * FROM dblink('host=x', 'select 1') AS t(a int)
+=> select[dblink] blocked tables=
+
+SELECT dblink_exec('drop table t')
+=> select[dblink] blocked
+
+SELECT query_to_xml('select * from patients', true, true, '')
+=> select[dynamic_sql] blocked
+
+SELECT pg_sleep(10)
+=> select[sleep] allowed
+
+SELECT 1 FROM patients WHERE pg_sleep_for('1 minute') IS NULL
+=> select[sleep] allowed
+
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+=> select[system_admin] blocked
+
+SELECT pg_cancel_backend(123)
+=> select[system_admin] blocked
+
+select PG_RELOAD_CONF()
+=> select[system_admin] blocked
+
+SELECT pg_rotate_logfile()
+=> select[system_admin] blocked
+
+SELECT pg_promote()
+=> select[system_admin] blocked
+
+SELECT pg_create_logical_replication_slot('s', 'pgoutput')
+=> select[system_admin] blocked
+
+# in function arguments, CTEs, VALUES, ORDER BY, DEFAULT expressions
+SELECT coalesce(NULL, upper(pg_read_file('x')))
+=> select[file_access] blocked
+
+WITH c AS (SELECT lo_unlink(5)) SELECT * FROM c
+=> select[large_object] blocked
+
+INSERT INTO claims (code) VALUES (pg_read_file('x'))
+=> insert[file_access] blocked
+
+SELECT id FROM claims ORDER BY pg_sleep(0.1)
+=> select[sleep] allowed
+
+CREATE TABLE x (a text DEFAULT pg_read_file('/etc/passwd'))
+=> ddl[ddl,file_access] blocked
+=> clinician: ddl[ddl,file_access] blocked
+
+# ordinary functions are fine
+SELECT now(), lower(code), current_setting('TimeZone'), pg_notify('c', 'p') FROM claims
+=> select[] allowed
+
+SELECT pg_advisory_lock(1)
+=> select[] allowed

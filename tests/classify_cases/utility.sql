@@ -1,0 +1,97 @@
+EXPLAIN ANALYZE DELETE FROM t
+=> explain[delete_all,explain_analyze_write] needs_approval
+=> clinician: explain[delete_all,explain_analyze_write] allowed
+
+EXPLAIN (ANALYZE, BUFFERS) UPDATE claims SET status = 'x' WHERE id = 1
+=> explain[explain_analyze_write] needs_approval
+
+EXPLAIN (ANALYZE true) INSERT INTO claims (code) VALUES ('x')
+=> explain[explain_analyze_write] needs_approval
+
+EXPLAIN ANALYZE WITH d AS (DELETE FROM t WHERE id = 1 RETURNING 1) SELECT * FROM d
+=> explain[explain_analyze_write,write_in_cte] needs_approval
+
+# not analyze: nothing runs, so no write shape
+EXPLAIN DELETE FROM t
+=> explain[] allowed
+
+EXPLAIN (ANALYZE off) DELETE FROM t
+=> explain[] allowed
+
+EXPLAIN (ANALYZE 0, COSTS off) UPDATE t SET a = 1
+=> explain[] allowed
+
+EXPLAIN ANALYZE SELECT * FROM claims
+=> explain[] allowed
+
+EXPLAIN SELECT ssn FROM patients
+=> explain[] masked phi=public.patients.ssn
+
+# functions stay risky under EXPLAIN
+EXPLAIN SELECT pg_read_file('x')
+=> explain[file_access] blocked
+
+PREPARE q AS SELECT ssn FROM patients WHERE id = $1
+=> prepare[] masked
+
+PREPARE d (int) AS DELETE FROM t
+=> prepare[delete_all] needs_approval
+
+EXECUTE q(1)
+=> execute[] allowed
+
+DEALLOCATE q
+=> deallocate[] allowed
+
+DEALLOCATE ALL
+=> deallocate[] allowed
+
+DECLARE c CURSOR WITH HOLD FOR SELECT id FROM claims
+=> declare_cursor[] allowed
+
+FETCH 10 FROM c
+=> fetch[] allowed
+
+MOVE NEXT IN c
+=> fetch[] allowed
+
+CLOSE c
+=> close_cursor[] allowed
+
+CLOSE ALL
+=> close_cursor[] allowed
+
+LISTEN approvals
+=> listen[] allowed
+
+UNLISTEN *
+=> listen[] allowed
+
+NOTIFY approvals, 'hello'
+=> notify[] allowed
+
+LOCK TABLE claims IN ACCESS EXCLUSIVE MODE
+=> lock[lock] blocked
+
+VACUUM claims
+=> vacuum[] blocked
+
+ANALYZE claims
+=> vacuum[] blocked
+
+CALL do_things(1)
+=> call[] blocked
+
+do $$ begin end $$
+=> do[do_block] blocked
+=> clinician: do[do_block] allowed
+=> research: do[do_block] needs_approval
+
+DO LANGUAGE plpgsql 'begin perform 1; end'
+=> do[do_block] blocked
+
+REINDEX TABLE claims
+=> ddl[ddl] needs_approval
+
+CLUSTER claims
+=> ddl[ddl] needs_approval

@@ -1,0 +1,78 @@
+"""The runtime as a real extension (control file, versioned scripts) and as scripts run by apply
+when the extension is not installed on the server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import Database, clinic_policy
+from policyc import RUNTIME_VERSION, runtime
+from policyc.apply import apply_policy
+from policyc.devcluster import find_bindir
+from policyc.plan import make_plan
+
+
+def test_render_writes_control_and_versioned_scripts(tmp_path: Path) -> None:
+    written = {p.name for p in runtime.render(tmp_path)}
+    assert "policyc.control" in written
+    assert f"policyc--{RUNTIME_VERSION}.sql" in written
+    control = (tmp_path / "policyc.control").read_text()
+    assert f"default_version = '{RUNTIME_VERSION}'" in control
+    script = (tmp_path / f"policyc--{RUNTIME_VERSION}.sql").read_text()
+    assert script.startswith("\\echo Use")  # psql refuses to run it by accident
+    assert "LANGUAGE plpython3u" in script and "transition tables" in script
+    assert "{{" not in script and "{%" not in script
+
+
+def test_upgrade_path_walks_scripts_in_order() -> None:
+    path = runtime.upgrade_path(None)
+    assert path[0].source is None and path[-1].target == RUNTIME_VERSION
+    assert runtime.upgrade_path(RUNTIME_VERSION) == []
+    with pytest.raises(LookupError, match=r"no upgrade script from runtime 0\.0\.1"):
+        runtime.upgrade_path("0.0.1")
+
+
+def test_script_path_records_version_in_the_ledger(applied_clinic: Database) -> None:
+    assert applied_clinic.execute(
+        "SELECT semantic->>'version', semantic->>'via' FROM policyc.applied_objects "
+        "WHERE object_key = 'runtime'") == [(RUNTIME_VERSION, "script")]
+    assert applied_clinic.execute(
+        "SELECT count(*) FROM pg_extension WHERE extname = 'policyc'") == [(0,)]
+
+
+def _sharedir() -> Path:
+    out = subprocess.run([str(find_bindir() / "pg_config"), "--sharedir"], capture_output=True,
+                         text=True, check=False)
+    if out.returncode != 0:
+        out = subprocess.run(["pg_config", "--sharedir"], capture_output=True, text=True,
+                             check=True)
+    return Path(out.stdout.strip()) / "extension"
+
+
+def test_create_extension_path(clinic_db: Database) -> None:
+    target = _sharedir()
+    if not os.access(target, os.W_OK):
+        pytest.skip(f"{target} is not writable by this user (CI runs this as root)")
+    files = runtime.render(target)
+    try:
+        policy = clinic_policy(clinic_db.name)
+        with clinic_db.connect() as conn:
+            plan = make_plan(conn, policy)
+            assert [c.note for c in plan.changes if c.key == "runtime"] == [
+                f"runtime - -> {RUNTIME_VERSION} (via extension)"]
+            apply_policy(conn, policy)
+            assert make_plan(conn, policy).empty
+        assert clinic_db.execute(
+            "SELECT extversion FROM pg_extension WHERE extname = 'policyc'") == [
+            (RUNTIME_VERSION,)]
+        # the extension owns its objects: they show in pg_depend as extension members
+        assert clinic_db.execute(
+            "SELECT count(*) > 10 FROM pg_depend d JOIN pg_extension e ON d.refobjid = e.oid "
+            "WHERE e.extname = 'policyc' AND d.deptype = 'e'") == [(True,)]
+    finally:
+        for path in files:
+            path.unlink(missing_ok=True)
