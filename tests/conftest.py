@@ -158,3 +158,13 @@ def applied_clinic(clinic_db: Database) -> Database:
     with clinic_db.connect() as conn:
         apply_policy(conn, clinic_policy(clinic_db.name))
     return clinic_db
+
+
+@pytest.fixture
+def proxy(applied_clinic: Database, tmp_path: Path) -> Iterator[Any]:
+    """A running proxy in front of the applied clinic database (TLS and loopback plaintext)."""
+    from proxyharness import run_proxy
+
+    with run_proxy(clinic_policy(applied_clinic.name), applied_clinic.dsn_as("policyc_proxy"),
+                   tmp_path / "spool") as running:
+        yield running

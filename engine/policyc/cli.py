@@ -119,6 +119,77 @@ def cmd_apply(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from policyc.proxy.config import ProxyConfig, parse_upstream
+    from policyc.proxy.server import ProxyServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    policy = _load(args.policy)
+    host, _, port = args.listen.rpartition(":")
+    upstream = parse_upstream(args.upstream or "", password_file=args.password_file,
+                              password_command=args.password_command)
+    config = ProxyConfig(
+        policy=policy, upstream=upstream, listen_host=host or "127.0.0.1",
+        listen_port=int(port), tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        allow_plaintext_loopback=args.allow_plaintext_loopback,
+        spool_dir=Path(args.spool), max_message_bytes=args.max_message_bytes,
+        proxy_name=args.name,
+    )
+    if config.tls_cert is None and not config.allow_plaintext_loopback:
+        print("policyc proxy: give --tls-cert/--tls-key (agents send tokens as passwords), or "
+              "--allow-plaintext-loopback for local development", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def serve() -> None:
+        server = ProxyServer(config)
+        await server.start()
+        print(f"policyc proxy: listening on {config.listen_host}:{server.port}, upstream "
+              f"{upstream.host}:{upstream.port}/{upstream.dbname}", file=out, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.close()
+
+    try:
+        import uvloop
+
+        uvloop.run(serve())
+    except ImportError:
+        asyncio.run(serve())
+    return EXIT_OK
+
+
+def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
+    from policyc.identity.devkeys import mint_token
+
+    policy = _load(args.policy)
+    if policy.identity is None:
+        print("policyc token: the policy has no identity section", file=sys.stderr)
+        return EXIT_ERROR
+    key = Path(args.key) if args.key else Path(policy.identity.jwks).parent / "dev-signing-key.pem"
+    claims: dict[str, Any] = {}
+    for item in args.claim:
+        name, sep, value = item.partition("=")
+        if not sep:
+            print(f"policyc token: --claim wants NAME=VALUE, got {item!r}", file=sys.stderr)
+            return EXIT_USAGE
+        claims[name] = int(value) if value.lstrip("-").isdigit() else value
+    token = mint_token(
+        key, issuer=policy.identity.issuer, audience=policy.identity.audience,
+        subject=args.sub, groups=args.groups.split(",") if args.groups else [],
+        claims=claims, ttl_seconds=args.ttl,
+    )
+    print(token, file=out)
+    return EXIT_OK
+
+
 def cmd_runtime_render(args: argparse.Namespace, out: TextIO) -> int:
     for path in runtime.render(Path(args.directory)):
         print(path, file=out)
@@ -148,6 +219,34 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
     apply.add_argument("--json", action="store_true", help="machine-readable output")
     apply.set_defaults(func=cmd_apply)
+
+    proxy = sub.add_parser("proxy", help="run the audited PostgreSQL proxy")
+    proxy.add_argument("policy")
+    proxy.add_argument("--listen", default="127.0.0.1:6432", help="HOST:PORT to listen on")
+    proxy.add_argument("--upstream", help="libpq DSN of the database and the service role "
+                       "(default: PG* environment)")
+    proxy.add_argument("--password-file", help="file whose first line is the service password")
+    proxy.add_argument("--password-command",
+                       help="command that prints the service password (e.g. a secret manager)")
+    proxy.add_argument("--tls-cert", help="PEM certificate for agent connections")
+    proxy.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    proxy.add_argument("--allow-plaintext-loopback", action="store_true",
+                       help="accept non-TLS logins from 127.0.0.1/::1 (development only)")
+    proxy.add_argument("--spool", default="policyc-spool",
+                       help="directory of the durable audit spool (default: ./policyc-spool)")
+    proxy.add_argument("--max-message-bytes", type=int, default=64 << 20,
+                       help="largest protocol message accepted from a client")
+    proxy.add_argument("--name", default="policyc-proxy", help="this proxy's name in the audit")
+    proxy.set_defaults(func=cmd_proxy)
+
+    token = sub.add_parser("token", help="mint a development token (NOT for production)")
+    token.add_argument("policy")
+    token.add_argument("--sub", required=True, help="the agent's name (subject)")
+    token.add_argument("--groups", default="", help="comma-separated OIDC groups")
+    token.add_argument("--claim", action="append", default=[], help="extra claim NAME=VALUE")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument("--key", help="signing key (default: dev-signing-key.pem beside the JWKS)")
+    token.set_defaults(func=cmd_token)
 
     rt = sub.add_parser("runtime", help="the runtime extension files")
     rt_sub = rt.add_subparsers(dest="runtime_command", required=True, parser_class=_Parser)

@@ -141,7 +141,7 @@ Policy identity section to use with these keys:
     jwks: {JWKS_FILE}
     algorithms: [ES256]
 
-Mint a token:  policyc token --key {SIGNING_KEY} --sub <agent> --group <oidc group>
+Mint a token:  policyc token POLICY --key {SIGNING_KEY} --sub <agent> --groups <oidc group>
 """
 
 

@@ -1,0 +1,844 @@
+"""The proxy's audit log: fail closed on a durable local spool, drained into PostgreSQL.
+
+A statement is forwarded only after its "begin" event is fsynced to the spool
+(:mod:`policyc.proxy.spool`).  Concurrent sessions share fsyncs (group commit): one writer
+task takes every line queued so far, writes them with one ``os.write`` loop and one
+``os.fsync`` on a dedicated I/O thread, and wakes all their callers; lines queued while that
+fsync runs form the next batch.  Thread or inline?  Measured on the development host (local
+disk, fsync ≈ 250 µs, 2 CPUs): inline I/O was 5-15 % faster (8-256 concurrent sessions, about
+10-20 k statements/s either way, 30-100 statements per fsync), because the thread hop costs
+about as much as the fsync.  We still use the thread: inline, every session's socket I/O
+(result rows of unrelated sessions included) stops for the whole fsync, and on networked
+disks an fsync takes milliseconds.
+
+A drainer task pairs "begin" and "end" events and inserts finished statements in one
+``INSERT ... SELECT FROM jsonb_to_recordset($1) ON CONFLICT (record_id) DO NOTHING`` per
+batch, through the proxy's own connection (so an agent's rollback cannot erase them, and a
+replay after a crash never duplicates a row).  A segment file is deleted once it is not the
+current one and every event in it is in the database.  While the database is unreachable the
+spool grows; past ``max_spool_bytes`` new statements are refused (:class:`AuditUnavailable`).
+
+Known limits (by design):
+
+* A begin with no end after ``stale_after`` seconds (default one hour) is inserted with
+  ``reason = 'no outcome recorded'``; if the statement finishes later, its outcome is dropped
+  by ``ON CONFLICT DO NOTHING``.  Begins left by a previous run (crash) are inserted at
+  ``start()`` with ``reason = 'proxy stopped before the statement completed'``; so are begins
+  still open at ``close()``.  A batch whose fsync failed may still leave lines on disk: such a
+  statement did not run, yet may be recorded with that reason (over-recording, never under).
+* Pending events are held in memory as well as on disk, so a long outage costs memory in
+  proportion to the spool.
+* Text the database cannot store is made storable, never refused: NUL characters become
+  U+FFFD, unpaired surrogates become ``?``, non-finite numbers become NULL.
+* A row the database rejects on its own (a data or integrity error) is quarantined: logged by
+  record id and SQLSTATE, kept on disk and retried at the next start, never dropped.
+
+Nothing here logs statement text, parameters or claims: only ids, counts and SQLSTATEs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from policyc.errors import PolicycError
+from policyc.proxy.records import SessionEnd, SessionRecord, StatementOutcome, StatementRecord
+from policyc.proxy.spool import RecoveredSegment, Spool
+
+log = logging.getLogger("policyc.proxy.audit")
+
+T = TypeVar("T")
+
+DECISIONS: Final = frozenset(
+    {"allowed", "masked", "blocked", "held", "approved", "denied", "expired", "error"}
+)
+RECOVERED_REASON: Final = "proxy stopped before the statement completed"
+STALE_REASON: Final = "no outcome recorded"
+#: Largest JSON payload sent in one drain statement (jsonb itself stops near 256 MB).
+MAX_BATCH_PAYLOAD: Final = 16 << 20
+_DRAIN_TIMEOUT: Final = 30.0
+_MAX_BACKOFF: Final = 5.0
+
+INSERT_STATEMENTS: Final = """
+INSERT INTO audit.statements (record_id, session_id, at, agent, group_name, statement,
+    parameters, fingerprint, kind, tables, phi_columns, decision, reason, rows, duration_ms,
+    sqlstate, result_digest, approval_id)
+SELECT r.record_id, r.session_id, to_timestamp(r.at), r.agent, r.group_name, r.statement,
+    r.parameters, r.fingerprint, r.kind, r.tables, r.phi_columns, r.decision, r.reason, r.rows,
+    r.duration_ms, r.sqlstate, r.result_digest, r.approval_id
+  FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (record_id uuid, session_id uuid,
+    at double precision, agent text, group_name text, statement text, parameters jsonb,
+    fingerprint text, kind text, tables text[], phi_columns text[], decision text, reason text,
+    rows bigint, duration_ms double precision, sqlstate text, result_digest text,
+    approval_id bigint)) WITH ORDINALITY AS r
+ ORDER BY r.ordinality
+ON CONFLICT (record_id) DO NOTHING
+"""
+
+INSERT_SESSIONS: Final = """
+INSERT INTO audit.sessions (session_id, started_at, agent, group_name, oidc_groups, role_name,
+    claims, client_addr, client_port, tls, tls_version, proxy, outcome, reason)
+SELECT r.session_id, to_timestamp(r.started_at), r.agent, r.group_name, r.oidc_groups,
+    r.role_name, r.claims, r.client_addr, r.client_port, r.tls, r.tls_version, r.proxy,
+    r.outcome, r.reason
+  FROM jsonb_to_recordset(%s::jsonb) AS r(session_id uuid, started_at double precision,
+    agent text, group_name text, oidc_groups text[], role_name name, claims jsonb,
+    client_addr inet, client_port int, tls boolean, tls_version text, proxy text,
+    outcome text, reason text)
+ON CONFLICT (session_id) DO NOTHING
+"""
+
+CLOSE_SESSIONS: Final = """
+UPDATE audit.sessions s
+   SET ended_at = to_timestamp(r.ended_at), end_reason = r.reason, outcome = 'closed'
+  FROM jsonb_to_recordset(%s::jsonb) AS r(session_id uuid, ended_at double precision,
+    reason text)
+ WHERE s.session_id = r.session_id AND s.ended_at IS NULL AND s.outcome = 'open'
+"""
+
+REGISTER_SESSION: Final = "SELECT policyc.register_session(%s, %s, %s, %s, %s)"
+UNREGISTER_SESSIONS: Final = "SELECT policyc.unregister_session(p) FROM unnest(%s::int[]) AS p"
+
+
+class AuditUnavailable(PolicycError):
+    """The audit record could not be made durable, so the statement (or session) was refused."""
+
+    code = "audit"
+    sqlstate = "58030"
+
+    def __init__(self, why: str, consequence: str = "the statement did not run") -> None:
+        self.why = why
+        super().__init__(f"policyc: the audit trail is unavailable ({why}); {consequence}")
+
+
+# --- events: what a spool line holds --------------------------------------------------------
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+def _scrub(value: Any) -> Any:
+    """Make a JSON value storable in PostgreSQL text/jsonb (no NUL, no lone surrogate)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def encode_event(event: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """One spool line for ``event``, and the event as the database will see it."""
+    try:
+        text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        if "\\u0000" not in text:
+            return event, text.encode("utf-8") + b"\n"
+    except (ValueError, UnicodeEncodeError):
+        pass
+    event = _scrub(event)
+    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return event, text.encode("utf-8") + b"\n"
+
+
+def begin_event(rec: StatementRecord) -> dict[str, Any]:
+    if rec.decision not in DECISIONS:
+        raise ValueError(f"unknown audit decision {rec.decision!r}")
+    return {
+        "e": "begin", "record_id": str(rec.record_id), "session_id": str(rec.session_id),
+        "at": _finite(rec.at) or time.time(), "agent": rec.agent, "group": rec.group,
+        "text": rec.text, "decision": rec.decision, "parameters": rec.parameters,
+        "fingerprint": rec.fingerprint, "kind": rec.kind, "tables": list(rec.tables),
+        "phi_columns": list(rec.phi_columns), "reason": rec.reason,
+        "approval_id": rec.approval_id,
+    }
+
+
+def end_event(outcome: StatementOutcome) -> dict[str, Any]:
+    return {
+        "e": "end", "record_id": str(outcome.record_id), "rows": outcome.rows,
+        "duration_ms": _finite(outcome.duration_ms), "sqlstate": outcome.sqlstate,
+        "result_digest": outcome.result_digest, "note": outcome.note,
+    }
+
+
+def session_row(rec: SessionRecord, outcome: str, proxy: str) -> dict[str, Any]:
+    """An audit.sessions row; an address that is not an IP (a Unix socket) is left NULL."""
+    addr = rec.client_addr
+    if addr is not None:
+        try:
+            addr = str(ipaddress.ip_address(addr))
+        except ValueError:
+            addr = None
+    row: dict[str, Any] = _scrub({
+        "session_id": str(rec.session_id), "started_at": _finite(rec.started_at) or time.time(),
+        "agent": rec.agent, "group_name": rec.group, "oidc_groups": list(rec.oidc_groups),
+        "role_name": rec.role, "claims": rec.claims, "client_addr": addr,
+        "client_port": rec.client_port, "tls": rec.tls, "tls_version": rec.tls_version,
+        "proxy": rec.proxy or proxy, "outcome": outcome, "reason": rec.reason,
+    })
+    return row
+
+
+def statement_row(begin: dict[str, Any], end: dict[str, Any] | None,
+                  note: str | None = None) -> dict[str, Any]:
+    """An audit.statements row from a begin event and its end event (or none, with a note)."""
+    end = end or {}
+    reasons = [r for r in (begin.get("reason"), end.get("note"), note) if r]
+    return {
+        "record_id": begin.get("record_id"), "session_id": begin.get("session_id"),
+        "at": begin.get("at"), "agent": begin.get("agent"), "group_name": begin.get("group"),
+        "statement": begin.get("text"), "parameters": begin.get("parameters"),
+        "fingerprint": begin.get("fingerprint"), "kind": begin.get("kind"),
+        "tables": begin.get("tables"), "phi_columns": begin.get("phi_columns"),
+        "decision": begin.get("decision"), "reason": "; ".join(reasons) or None,
+        "rows": end.get("rows"), "duration_ms": end.get("duration_ms"),
+        "sqlstate": end.get("sqlstate"), "result_digest": end.get("result_digest"),
+        "approval_id": begin.get("approval_id"),
+    }
+
+
+# --- in-memory bookkeeping ------------------------------------------------------------------
+@dataclass
+class _Write:
+    """Lines waiting for the writer; ``future`` is None for fire-and-forget events."""
+
+    data: bytes
+    events: list[dict[str, Any]]
+    sizes: list[int]
+    future: asyncio.Future[None] | None
+
+
+@dataclass
+class _Open:
+    event: dict[str, Any]
+    segment: int
+    size: int
+
+
+@dataclass
+class _Work:
+    """One row (or session close) to drain; ``segments`` has one entry per spooled event."""
+
+    kind: Literal["statement", "session", "session_end"]
+    row: dict[str, Any]
+    segments: tuple[int, ...]
+    size: int
+    unregister: int | None = None
+
+
+def _sqlstate(exc: BaseException) -> str:
+    return getattr(exc, "sqlstate", None) or type(exc).__name__
+
+
+class AuditLog:
+    """Durable statement audit for one proxy process; see the module docstring."""
+
+    def __init__(self, conninfo: str, spool_dir: Path, *, proxy_name: str,
+                 max_spool_bytes: int = 1 << 30, segment_bytes: int = 8 << 20,
+                 drain_interval: float = 0.05, batch_size: int = 1000,
+                 db_timeout: float = 5.0, stale_after: float = 3600.0) -> None:
+        self._conninfo = conninfo
+        # the current segment is never deleted: keep it small next to the limit
+        segment_bytes = max(4096, min(segment_bytes, max_spool_bytes // 8))
+        self._spool = Spool(Path(spool_dir), segment_bytes)
+        self._proxy_name = proxy_name
+        self._max_spool_bytes = max_spool_bytes
+        self._drain_interval = drain_interval
+        self._batch_size = max(1, batch_size)
+        self._db_timeout = db_timeout
+        self._stale_after = stale_after
+        self._executor: ThreadPoolExecutor | None = None
+        self._running = False
+        self._closing = False
+        self._stopping = False
+        # writer
+        self._queue: list[_Write] = []
+        self._queued_bytes = 0
+        self._writing = False
+        self._inflight: list[_Write] = []
+        self._write_wake = asyncio.Event()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._write_failing = False
+        # drainer
+        self._open: dict[str, _Open] = {}
+        self._work: deque[_Work] = deque()
+        self._refs: dict[int, int] = {}
+        self._quarantine: list[_Work] = []
+        self._registered: dict[int, str] = {}  # upstream backend pid -> session id
+        self._unregister: list[tuple[int, str]] = []
+        self._identity_lock = asyncio.Lock()
+        self._drain_wake = asyncio.Event()
+        self._drainer_task: asyncio.Task[None] | None = None
+        self._drain_conn: psycopg.AsyncConnection[Any] | None = None
+        self._session_conn: psycopg.AsyncConnection[Any] | None = None
+        self._outage = False
+        self._draining = False
+        self._full = False
+        self._last_stale_check = 0.0
+        self._counts = dict.fromkeys(
+            ("spooled", "drained", "statements_inserted", "write_batches", "io_errors",
+             "full_refusals", "refused_dropped", "recovered_unfinished", "torn_lines"), 0)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the spool, recover what a previous run left, connect, start the tasks."""
+        if self._running or self._stopping:
+            raise RuntimeError("an AuditLog is started once")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policyc-audit")
+        try:
+            recovered = await self._io(self._spool.open)
+        except OSError as exc:
+            self._executor.shutdown(wait=False)
+            raise AuditUnavailable(f"the audit spool cannot be opened: {exc.strerror or exc}",
+                                   "the proxy cannot start") from exc
+        self._recover(recovered)
+        self._running = True
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="policyc-audit-writer")
+        self._drainer_task = asyncio.create_task(self._drainer_loop(),
+                                                 name="policyc-audit-drainer")
+        self._drain_wake.set()
+
+    async def close(self) -> None:
+        """Write what is queued, drain what the database takes, then stop everything.
+
+        Statements begun and never finished are recorded with the "proxy stopped" reason.
+        Whatever cannot be drained now stays in the spool for the next start.
+        """
+        if not self._running:
+            return
+        self._closing = True
+        await self._wait_written()
+        self._stopping = True
+        self._drain_wake.set()
+        self._write_wake.set()
+        for task in (self._drainer_task, self._writer_task):
+            if task is not None:
+                await task
+        self._recover_open(RECOVERED_REASON)
+        if self._work or self._unregister:
+            await self._drain_once()
+        await self._shutdown()
+
+    async def abort(self) -> None:
+        """Stop at once, as a crash would: nothing queued is written, nothing drained.
+
+        Callers still waiting for durability get :class:`AuditUnavailable`.  For tests and
+        for a proxy that must exit now; the next ``start`` recovers the spool.
+        """
+        if not self._running:
+            return
+        self._closing = self._stopping = True
+        for task in (self._drainer_task, self._writer_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for pending in self._inflight + self._queue:
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_exception(AuditUnavailable("the audit log was stopped"))
+        self._queue.clear()
+        await self._shutdown()
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything spooled so far that can be drained is in the database.
+
+        Statements still waiting for their end are not waited for.  False on timeout (the
+        database unreachable, say).
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not (self._queue or self._writing or self._draining or self._work
+                    or self._unregister):
+                return True
+            self._write_wake.set()
+            self._drain_wake.set()
+            await asyncio.sleep(min(0.005, self._drain_interval))
+        return False
+
+    # --- statements -----------------------------------------------------------------------
+    async def begin_statement(self, rec: StatementRecord) -> None:
+        """Return only once the statement's record is durable on disk."""
+        future = self._enqueue([begin_event(rec)], wait=True, limit=True)
+        assert future is not None
+        await future
+
+    def finish_statement(self, outcome: StatementOutcome) -> None:
+        """Queue the statement's end; it is written with the next batch."""
+        if not self._running or self._stopping:
+            log.warning("audit log is not running: outcome of record %s not recorded",
+                        outcome.record_id)
+            return
+        self._enqueue([end_event(outcome)], wait=False, limit=False)
+
+    async def record_statement(self, rec: StatementRecord, outcome: StatementOutcome) -> None:
+        """Record a statement that never reaches the database (blocked, refused), durably."""
+        if outcome.record_id != rec.record_id:
+            raise ValueError("outcome belongs to another record")
+        future = self._enqueue([begin_event(rec), end_event(outcome)], wait=True, limit=True)
+        assert future is not None
+        await future
+
+    # --- sessions -------------------------------------------------------------------------
+    async def open_session(self, rec: SessionRecord, backend_pid: int | None) -> None:
+        """Record an accepted session and register its upstream backend's identity.
+
+        Raises :class:`AuditUnavailable` if the database does not take both (one transaction).
+        """
+        row = session_row(rec, "open", self._proxy_name)
+        if backend_pid is not None and (rec.agent is None or rec.group is None):
+            raise ValueError("registering a backend needs the session's agent and group")
+        async with self._identity_lock:
+            for attempt in (1, 2):
+                try:
+                    async with asyncio.timeout(self._db_timeout):
+                        conn = await self._connect_sessions()
+                        async with conn.transaction():
+                            cur = await conn.execute(INSERT_SESSIONS, (_json([row]),))
+                            if cur.rowcount != 1:
+                                raise AuditUnavailable("the session id is already recorded",
+                                                       "the session was refused")
+                            if backend_pid is not None:
+                                await conn.execute(REGISTER_SESSION, (
+                                    backend_pid, rec.session_id, rec.agent, rec.group,
+                                    Jsonb(row["claims"])))
+                    break
+                except psycopg.OperationalError as exc:
+                    await self._drop_session_conn()
+                    if attempt == 1:  # a connection the server dropped (e.g. a restart)
+                        continue
+                    log.error("audit database did not record session %s (%s): login refused",
+                              rec.session_id, _sqlstate(exc))
+                    raise AuditUnavailable("the audit database did not record the session",
+                                           "the session was refused") from exc
+                except (psycopg.Error, OSError, TimeoutError) as exc:
+                    await self._drop_session_conn()
+                    log.error("audit database did not record session %s (%s): login refused",
+                              rec.session_id, _sqlstate(exc))
+                    raise AuditUnavailable("the audit database did not record the session",
+                                           "the session was refused") from exc
+            if backend_pid is not None:
+                self._registered[backend_pid] = str(rec.session_id)
+
+    async def refuse_session(self, rec: SessionRecord) -> None:
+        """Record a refused login: in the database, else in the spool. Never raises."""
+        row = session_row(rec, "refused", self._proxy_name)
+        try:
+            async with asyncio.timeout(self._db_timeout):
+                conn = await self._connect_sessions()
+                await conn.execute(INSERT_SESSIONS, (_json([row]),))
+            return
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            await self._drop_session_conn()
+            log.warning("audit database unreachable (%s): refused session %s spooled",
+                        _sqlstate(exc), rec.session_id)
+        # refusals come before authentication: bound them, so a flood cannot fill the disk
+        try:
+            if self._spool.total_bytes + self._queued_bytes > self._max_spool_bytes:
+                raise AuditUnavailable("the local audit spool is full")
+            future = self._enqueue([{"e": "session_refused", **row}], wait=True, limit=False)
+            assert future is not None
+            await future
+        except AuditUnavailable as exc:
+            self._counts["refused_dropped"] += 1
+            log.error("refused session %s not recorded: %s", rec.session_id, exc.why)
+
+    def end_session(self, end: SessionEnd, backend_pid: int | None) -> None:
+        """Queue the session's close; the drainer closes the row and unregisters the backend."""
+        if not self._running or self._stopping:
+            log.warning("audit log is not running: end of session %s not recorded",
+                        end.session_id)
+            return
+        self._enqueue([{
+            "e": "session_end", "session_id": str(end.session_id),
+            "ended_at": _finite(end.ended_at) or time.time(), "reason": end.reason,
+            "pid": backend_pid,
+        }], wait=False, limit=False)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for tests and the benchmark."""
+        counts = dict(self._counts)
+        counts.update(
+            pending=counts["spooled"] - counts["drained"], open=len(self._open),
+            ready=len(self._work), queued=len(self._queue), quarantined=len(self._quarantine),
+            bytes=self._spool.total_bytes, segments=len(self._spool.sizes),
+            fsyncs=self._spool.fsyncs,
+        )
+        return counts
+
+    # --- writer ---------------------------------------------------------------------------
+    def _enqueue(self, events: list[dict[str, Any]], *, wait: bool,
+                 limit: bool) -> asyncio.Future[None] | None:
+        if not self._running or self._stopping or (wait and self._closing):
+            raise AuditUnavailable("the audit log is not running")
+        encoded = [encode_event(e) for e in events]
+        data = b"".join(line for _, line in encoded)
+        if limit and (self._spool.total_bytes + self._queued_bytes + len(data)
+                      > self._max_spool_bytes):
+            self._counts["full_refusals"] += 1
+            if not self._full:
+                self._full = True
+                log.error("audit spool is full (%d bytes): refusing statements until the "
+                          "audit database drains it", self._spool.total_bytes)
+            raise AuditUnavailable("the local audit spool is full and the audit database "
+                                   "has not drained it")
+        future = asyncio.get_running_loop().create_future() if wait else None
+        self._queue.append(_Write(data, [e for e, _ in encoded],
+                                  [len(line) for _, line in encoded], future))
+        self._queued_bytes += len(data)
+        self._write_wake.set()
+        return future
+
+    async def _writer_loop(self) -> None:
+        while True:
+            await self._write_wake.wait()
+            self._write_wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue, []
+                self._queued_bytes = 0
+                self._writing = True
+                self._inflight = batch
+                try:
+                    written = await self._write(batch)
+                finally:
+                    self._writing = False
+                    self._inflight = []
+                if not written and self._stopping:
+                    log.error("audit spool unwritable at stop: %d queued event(s) lost",
+                              sum(len(w.events) for w in self._queue))
+                    self._queue.clear()
+                elif not written:
+                    await asyncio.sleep(0.05)  # retry fire-and-forget lines, not in a spin
+            if self._stopping and not self._queue:
+                return
+
+    async def _write(self, batch: list[_Write]) -> bool:
+        data = b"".join(w.data for w in batch)
+        try:
+            segment = await self._io(self._spool.append, data)
+        except OSError as exc:
+            self._counts["io_errors"] += 1
+            if not self._write_failing:
+                self._write_failing = True
+                log.error("audit spool write failed (%s): refusing statements",
+                          exc.strerror or type(exc).__name__)
+            retry = [w for w in batch if w.future is None]
+            for w in batch:
+                if w.future is not None and not w.future.done():
+                    w.future.set_exception(AuditUnavailable("the local audit spool failed"))
+            self._queue[:0] = retry
+            self._queued_bytes += sum(len(w.data) for w in retry)
+            return False
+        if self._write_failing:
+            self._write_failing = False
+            log.warning("audit spool writable again")
+        self._counts["write_batches"] += 1
+        for w in batch:
+            for event, size in zip(w.events, w.sizes, strict=True):
+                self._absorb(event, segment, size, live=True)
+        for w in batch:
+            if w.future is not None and not w.future.done():
+                w.future.set_result(None)
+        if len(self._work) >= self._batch_size and not self._outage:
+            self._drain_wake.set()
+        return True
+
+    async def _wait_written(self) -> None:
+        while (self._queue or self._writing) and not self._write_failing:
+            self._write_wake.set()
+            await asyncio.sleep(0.001)
+
+    # --- bookkeeping ----------------------------------------------------------------------
+    def _absorb(self, event: dict[str, Any], segment: int, size: int, *, live: bool) -> None:
+        """Account for one durable event and turn it into work when it is complete."""
+        self._refs[segment] = self._refs.get(segment, 0) + 1
+        self._counts["spooled"] += 1
+        kind = event.get("e")
+        rid = event.get("record_id")
+        if kind == "begin" and isinstance(rid, str):
+            if rid in self._open:
+                self._release((segment,))  # a duplicate line: the first one counts
+            else:
+                self._open[rid] = _Open(event, segment, size)
+        elif kind == "end" and isinstance(rid, str):
+            opened = self._open.pop(rid, None)
+            if opened is None:
+                self._release((segment,))  # its begin is already drained (stale or replay)
+            else:
+                self._work.append(_Work("statement", statement_row(opened.event, event),
+                                        (opened.segment, segment), opened.size + size))
+        elif kind == "session_refused":
+            row = {k: v for k, v in event.items() if k != "e"}
+            self._work.append(_Work("session", row, (segment,), size))
+        elif kind == "session_end":
+            pid = event.get("pid")
+            sid = event.get("session_id")
+            unregister = pid if live and isinstance(pid, int) and isinstance(sid, str) else None
+            self._work.append(_Work("session_end", {
+                "session_id": sid, "ended_at": event.get("ended_at"),
+                "reason": event.get("reason"),
+            }, (segment,), size, unregister))
+        else:
+            # kept on disk for a human: never drained, never deleted
+            log.error("audit spool segment %d holds an unknown event; kept", segment)
+
+    def _release(self, segments: Iterable[int]) -> None:
+        for segment in segments:
+            self._refs[segment] -= 1
+            if not self._refs[segment]:
+                del self._refs[segment]
+            self._counts["drained"] += 1
+
+    def _recover(self, recovered: list[RecoveredSegment]) -> None:
+        for seg in recovered:
+            self._counts["torn_lines"] += seg.torn
+            for event in seg.events:
+                size = len(json.dumps(event))
+                self._absorb(event, seg.number, size, live=False)
+        self._counts["recovered_unfinished"] = self._recover_open(RECOVERED_REASON)
+        if recovered:
+            log.info("audit spool recovered %d segment(s), %d event(s) to drain",
+                     len(recovered), len(self._work))
+
+    def _recover_open(self, reason: str, older_than: float | None = None) -> int:
+        """Turn begins without an end into work with ``reason``; returns how many."""
+        count = 0
+        for rid, opened in list(self._open.items()):
+            at = opened.event.get("at")
+            if older_than is not None and isinstance(at, int | float) and at > older_than:
+                continue
+            del self._open[rid]
+            self._work.append(_Work("statement", statement_row(opened.event, None, reason),
+                                    (opened.segment,), opened.size))
+            count += 1
+        return count
+
+    def _expire_stale(self) -> None:
+        now = time.time()
+        if now - self._last_stale_check < 1.0:
+            return
+        self._last_stale_check = now
+        if self._recover_open(STALE_REASON, older_than=now - self._stale_after):
+            log.warning("audit: statements without an outcome after %.0f s recorded as such",
+                        self._stale_after)
+
+    # --- drainer --------------------------------------------------------------------------
+    async def _drainer_loop(self) -> None:
+        backoff = 0.0
+        while not self._stopping:
+            if backoff:
+                await self._sleep_unless_stopping(backoff)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._drain_interval):
+                        await self._drain_wake.wait()
+            self._drain_wake.clear()
+            if self._stopping:
+                return
+            self._expire_stale()
+            drained = await self._drain_once()
+            backoff = 0.0 if drained else min(max(backoff * 2, 0.1), _MAX_BACKOFF)
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            self._drain_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._drain_wake.wait()
+
+    async def _drain_once(self) -> bool:
+        """Drain all ready work; False when the database is unreachable."""
+        self._draining = True
+        try:
+            return await self._drain_all()
+        finally:
+            self._draining = False
+
+    async def _drain_all(self) -> bool:
+        if not (self._work or self._unregister):
+            await self._delete_drained()
+            return True
+        try:
+            conn = await self._connect_drain()
+            budget = len(self._work)  # then delete segments, even under a steady stream
+            while self._work and budget > 0:
+                batch = self._take_batch()
+                budget -= len(batch)
+                try:
+                    async with asyncio.timeout(_DRAIN_TIMEOUT):
+                        await self._insert(conn, batch)
+                except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                    await self._insert_each(conn, batch, exc)
+                except BaseException:
+                    self._work.extendleft(reversed(batch))
+                    raise
+                else:
+                    self._complete(batch)
+            await self._unregister_ended(conn)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            await self._note_outage(exc)
+            return False
+        if self._outage:
+            self._outage = False
+            log.warning("audit database reachable again; spool draining")
+        await self._delete_drained()
+        return True
+
+    def _take_batch(self) -> list[_Work]:
+        batch: list[_Work] = []
+        size = 0
+        while self._work and len(batch) < self._batch_size:
+            if batch and size + self._work[0].size > MAX_BATCH_PAYLOAD:
+                break
+            work = self._work.popleft()
+            batch.append(work)
+            size += work.size
+        return batch
+
+    async def _insert(self, conn: psycopg.AsyncConnection[Any], batch: list[_Work]) -> None:
+        statements = sorted((w.row for w in batch if w.kind == "statement"),
+                            key=lambda r: r.get("at") or 0.0)
+        sessions = [w.row for w in batch if w.kind == "session"]
+        # a session closes once: the first end recorded wins (UPDATE ... FROM would pick any)
+        closes = list({w.row["session_id"]: w.row for w in reversed(batch)
+                       if w.kind == "session_end"}.values())
+        async with conn.transaction():
+            if sessions:
+                await conn.execute(INSERT_SESSIONS, (_json(sessions),))
+            if statements:
+                await conn.execute(INSERT_STATEMENTS, (_json(statements),))
+            if closes:
+                await conn.execute(CLOSE_SESSIONS, (_json(closes),))
+
+    async def _insert_each(self, conn: psycopg.AsyncConnection[Any], batch: list[_Work],
+                           cause: Exception) -> None:
+        """The database rejected a batch: insert row by row, quarantine what it rejects."""
+        log.error("audit batch of %d rejected (%s); retrying row by row", len(batch),
+                  _sqlstate(cause))
+        for index, work in enumerate(batch):
+            try:
+                async with asyncio.timeout(_DRAIN_TIMEOUT):
+                    await self._insert(conn, [work])
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                self._quarantine.append(work)
+                log.error("audit %s row %s rejected (%s); kept in the spool", work.kind,
+                          work.row.get("record_id") or work.row.get("session_id"),
+                          _sqlstate(exc))
+            except BaseException:
+                self._work.extendleft(reversed(batch[index:]))
+                raise
+            else:
+                self._complete([work])
+
+    def _complete(self, batch: list[_Work]) -> None:
+        for work in batch:
+            self._release(work.segments)
+            if work.kind == "statement":
+                self._counts["statements_inserted"] += 1
+            if work.unregister is not None:
+                self._unregister.append((work.unregister, work.row["session_id"]))
+
+    async def _unregister_ended(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Remove identities of ended backends, unless this proxy re-registered the pid since."""
+        if not self._unregister:
+            return
+        async with self._identity_lock:
+            pids = []
+            for pid, sid in self._unregister:
+                if self._registered.get(pid) == sid:
+                    del self._registered[pid]
+                    pids.append(pid)
+            self._unregister.clear()
+            if pids:
+                # cleanup only: a stale identity never attaches to a new backend
+                try:
+                    async with asyncio.timeout(_DRAIN_TIMEOUT):
+                        await conn.execute(UNREGISTER_SESSIONS, (pids,))
+                except psycopg.DataError as exc:
+                    log.warning("audit: unregistering ended backends failed (%s)",
+                                _sqlstate(exc))
+
+    async def _delete_drained(self) -> None:
+        live = set(self._refs)
+        if all(n in live or n == self._spool.current for n in list(self._spool.sizes)):
+            return
+        try:
+            await self._io(self._spool.delete_unreferenced, live)
+        except OSError as exc:
+            log.warning("audit spool: drained segment not removed (%s)",
+                        exc.strerror or type(exc).__name__)
+        if self._full and self._spool.total_bytes < self._max_spool_bytes:
+            self._full = False
+            log.warning("audit spool has room again: accepting statements")
+
+    async def _note_outage(self, exc: BaseException) -> None:
+        if not self._outage:
+            self._outage = True
+            log.error("audit database unreachable (%s); spooling to disk and retrying",
+                      _sqlstate(exc))
+        conn, self._drain_conn = self._drain_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    # --- connections and I/O --------------------------------------------------------------
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        async with asyncio.timeout(self._db_timeout):
+            return await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, application_name="policyc-proxy-audit",
+                connect_timeout=max(2, math.ceil(self._db_timeout)),
+            )
+
+    async def _connect_drain(self) -> psycopg.AsyncConnection[Any]:
+        if self._drain_conn is None or self._drain_conn.closed:
+            self._drain_conn = await self._connect()
+        return self._drain_conn
+
+    async def _connect_sessions(self) -> psycopg.AsyncConnection[Any]:
+        if self._session_conn is None or self._session_conn.closed:
+            self._session_conn = await self._connect()
+        return self._session_conn
+
+    async def _drop_session_conn(self) -> None:
+        conn = self._session_conn
+        if conn is not None and (conn.broken or conn.closed
+                                 or conn.info.transaction_status
+                                 != psycopg.pq.TransactionStatus.IDLE):
+            self._session_conn = None
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _shutdown(self) -> None:
+        self._running = False
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._spool.close()
+        for conn in (self._drain_conn, self._session_conn):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self._drain_conn = self._session_conn = None
+
+
+def _json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))

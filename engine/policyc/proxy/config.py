@@ -1,0 +1,127 @@
+"""Proxy settings: where to listen, which upstream, TLS, limits, and the service credential.
+
+The service credential (the password of the proxy's service role) comes from the upstream DSN,
+``--password-file``, ``--password-command`` (a secret manager's CLI) or ``PGPASSWORD``, in that
+order. It is kept in memory only, never logged and never sent to an agent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shlex
+import ssl
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from policyc.errors import PolicycError
+from policyc.policy.model import Policy
+
+
+class ProxyConfigError(PolicycError):
+    code = "proxy-config"
+    sqlstate = "F0000"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where the database is and how the service role logs in."""
+
+    host: str
+    port: int
+    dbname: str
+    service_user: str
+    password: str | None = field(default=None, repr=False)
+    sslmode: str = "prefer"
+
+    def conninfo(self, user: str | None = None) -> str:
+        """A libpq conninfo for the audit connection (the service role by default)."""
+        params: dict[str, str | int] = {
+            "host": self.host, "port": self.port, "dbname": self.dbname,
+            "user": user or self.service_user, "sslmode": self.sslmode,
+            "application_name": "policyc-proxy-audit",
+        }
+        if self.password is not None:
+            params["password"] = self.password
+        return make_conninfo("", **params)
+
+    @property
+    def is_unix_socket(self) -> bool:
+        return self.host.startswith("/")
+
+
+def _read_password(password_file: str | None, password_command: str | None) -> str | None:
+    if password_file:
+        text = Path(password_file).read_text()
+        return text.splitlines()[0] if text else ""
+    if password_command:
+        done = subprocess.run(
+            shlex.split(password_command), capture_output=True, text=True, check=False, timeout=30
+        )
+        if done.returncode != 0:
+            raise ProxyConfigError(
+                f"--password-command exited with {done.returncode} (its output is not shown)"
+            )
+        return done.stdout.rstrip("\n")
+    return os.environ.get("PGPASSWORD")
+
+
+def parse_upstream(
+    dsn: str, *, password_file: str | None = None, password_command: str | None = None
+) -> Upstream:
+    """The upstream from a libpq DSN, falling back to PG* environment variables."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception as exc:
+        raise ProxyConfigError(f"invalid --upstream DSN: {type(exc).__name__}") from None
+    env = os.environ
+    host = str(params.get("host") or env.get("PGHOST") or "127.0.0.1")
+    port = int(str(params.get("port") or env.get("PGPORT") or 5432))
+    user = str(params.get("user") or env.get("PGUSER") or "policyc_proxy")
+    dbname = str(params.get("dbname") or env.get("PGDATABASE") or user)
+    password = params.get("password")
+    if password is None:
+        password = _read_password(password_file, password_command)
+    sslmode = str(params.get("sslmode") or env.get("PGSSLMODE") or "prefer")
+    if sslmode not in ("disable", "allow", "prefer", "require"):
+        raise ProxyConfigError(
+            f"upstream sslmode {sslmode} is not supported (use disable, prefer or require)"
+        )
+    return Upstream(host, port, dbname, user, None if password is None else str(password),
+                    sslmode)
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    policy: Policy
+    upstream: Upstream
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 6432
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_plaintext_loopback: bool = False
+    spool_dir: Path = Path("policyc-spool")
+    max_message_bytes: int = 64 << 20
+    max_statement_bytes: int = 1 << 20
+    proxy_name: str = "policyc-proxy"
+    login_timeout: float = 30.0
+
+    def server_ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(self.tls_cert), str(self.tls_key or self.tls_cert))
+        return context
+
+
+def is_loopback(address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False

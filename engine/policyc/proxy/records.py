@@ -1,0 +1,74 @@
+"""What the proxy records: plain data handed from sessions to the audit log.
+
+Times are UNIX epoch seconds (float) taken by the proxy; the audit log turns them into
+timestamptz. Nothing here holds a credential or a token.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A session attempt: ``outcome`` is ``open`` (accepted) or ``refused`` (with ``reason``)."""
+
+    session_id: uuid.UUID
+    started_at: float
+    outcome: str
+    reason: str | None = None
+    agent: str | None = None
+    group: str | None = None
+    oidc_groups: tuple[str, ...] = ()
+    role: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict)
+    client_addr: str | None = None
+    client_port: int | None = None
+    tls: bool = False
+    tls_version: str | None = None
+    proxy: str | None = None
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    session_id: uuid.UUID
+    ended_at: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class StatementRecord:
+    """One statement as decided, written (durably) before anything is sent upstream."""
+
+    record_id: uuid.UUID
+    session_id: uuid.UUID
+    at: float
+    agent: str
+    group: str
+    text: str
+    decision: str  # allowed | masked | blocked | held | approved | denied | expired | error
+    parameters: list[str | None] | None = None
+    fingerprint: str | None = None
+    kind: str | None = None
+    tables: tuple[str, ...] = ()
+    phi_columns: tuple[str, ...] = ()
+    reason: str | None = None
+    approval_id: int | None = None
+
+
+@dataclass(frozen=True)
+class StatementOutcome:
+    """How a recorded statement ended: rows sent or affected, time, error, result digest."""
+
+    record_id: uuid.UUID
+    rows: int | None
+    duration_ms: float | None
+    sqlstate: str | None = None
+    result_digest: str | None = None
+    note: str | None = None

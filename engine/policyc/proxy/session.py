@@ -1,0 +1,589 @@
+"""One agent session after login: the message pump between client and database.
+
+Every client message is decided before it is forwarded; every statement is recorded durably
+(the audit log's spool) before its bytes go upstream. The proxy never answers for the server
+mid-stream: a refused statement is replaced by a "poison" the server fails on (``SELECT 1/0``
+for simple queries, a syntax error for Parse), and that error is rewritten into ours. So the
+server keeps its own transaction and pipeline semantics (an error aborts the transaction and
+skips to Sync) and responses stay in order.
+
+Server responses are matched to what was forwarded through a FIFO of expectations: each
+forwarded message has exactly one completing response unless an error intervenes, after which
+the server skips to the next Sync (ReadyForQuery pops everything before it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import struct
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from policyc.identity import AgentIdentity
+from policyc.policy.model import Group, ResultRecording
+from policyc.proxy.codec import (
+    Bind,
+    Close,
+    CommandComplete,
+    Describe,
+    Execute,
+    Frame,
+    FrontendFramer,
+    ParameterDescription,
+    Parse,
+    ProtocolViolation,
+    Query,
+    decode_backend,
+    decode_frontend,
+    error_response,
+)
+from policyc.proxy.codec.backend import command_rows
+from policyc.proxy.decide import Decider, Decision
+from policyc.proxy.records import SessionEnd, StatementOutcome, StatementRecord
+from policyc.proxy.upstream import UpstreamSession
+
+log = logging.getLogger("policyc.proxy")
+
+BLOCKED_SQLSTATE = "42501"
+POISON_QUERY = "SELECT 1/0"
+POISON_PARSE = "policyc refused this statement"
+POISON_STATEMENT = "policyc_refused_statement"
+MAX_AUDIT_TEXT = 100_000
+
+
+class AuditSink(Protocol):
+    async def begin_statement(self, rec: StatementRecord) -> None: ...
+    def finish_statement(self, outcome: StatementOutcome) -> None: ...
+    async def record_statement(self, rec: StatementRecord, outcome: StatementOutcome) -> None: ...
+    def end_session(self, end: SessionEnd, backend_pid: int | None) -> None: ...
+
+
+class SessionClosed(Exception):
+    """Raised to end the pump; the message (if any) was already sent to the client."""
+
+
+@dataclass
+class Unit:
+    """One statement execution being audited."""
+
+    record: StatementRecord
+    started: float = 0.0
+    rows: int = 0
+    digest: Any = None
+    finished: bool = False
+
+
+@dataclass
+class Expect:
+    """A response the server owes us, in order."""
+
+    kind: str  # parse | bind | describe | close | execute | stmt | sync
+    unit: Unit | None = None
+    rewrite: tuple[str, str] | None = None  # (sqlstate, message) replacing the server's error
+    prepared: Prepared | None = None  # for Describe of a statement: learns parameter types
+
+
+@dataclass
+class Prepared:
+    sql: str
+    decision: Decision | None
+    refused: tuple[str, str] | None = None  # (sqlstate, message) when the statement must not run
+    param_types: tuple[int, ...] = ()
+
+
+@dataclass
+class Portal:
+    prepared: Prepared
+    parameters: list[str | None]
+
+
+_BINARY_DECODERS: dict[int, Any] = {
+    16: lambda b: "true" if b == b"\x01" else "false",
+    20: lambda b: str(int.from_bytes(b, "big", signed=True)),
+    21: lambda b: str(int.from_bytes(b, "big", signed=True)),
+    23: lambda b: str(int.from_bytes(b, "big", signed=True)),
+    700: lambda b: repr(struct.unpack("!f", b)[0]),
+    701: lambda b: repr(struct.unpack("!d", b)[0]),
+    25: lambda b: b.decode("utf-8", "replace"),
+    1043: lambda b: b.decode("utf-8", "replace"),
+    1042: lambda b: b.decode("utf-8", "replace"),
+    19: lambda b: b.decode("utf-8", "replace"),
+    2950: lambda b: str(uuid.UUID(bytes=b)),
+}
+
+
+def _param_text(value: bytes | None, binary: bool, type_oid: int = 0) -> str | None:
+    """A bind parameter as the audit shows it: text as sent; common binary types decoded."""
+    if value is None:
+        return None
+    if binary:
+        decoder = _BINARY_DECODERS.get(type_oid)
+        if decoder is not None:
+            try:
+                return str(decoder(value))
+            except (ValueError, struct.error):
+                pass
+        return "\\x" + value.hex()
+    return value.decode("utf-8", "replace")
+
+
+@dataclass
+class Session:
+    """State of one proxied session; ``run`` pumps until either side ends."""
+
+    session_id: uuid.UUID
+    identity: AgentIdentity
+    group: Group
+    decider: Decider
+    audit: AuditSink
+    upstream: UpstreamSession
+    client_reader: asyncio.StreamReader
+    client_writer: asyncio.StreamWriter
+    client_framer: FrontendFramer
+    results: ResultRecording = ResultRecording.DIGEST
+    clock: Any = time.time
+    expected: deque[Expect] = field(default_factory=deque)
+    prepared: dict[str, Prepared] = field(default_factory=dict)
+    portals: dict[str, Portal] = field(default_factory=dict)
+    sql_prepared: dict[str, Decision] = field(default_factory=dict)
+    transaction_status: str = "I"
+    in_error: bool = False
+    end_reason: str = "client closed the connection"
+    _error_sqlstate: str | None = None
+    _batch_units: list[Unit] = field(default_factory=list)
+
+    # ---- client side -------------------------------------------------------------------
+
+    async def client_pump(self, first: bytes = b"") -> None:
+        data = first
+        while True:
+            if data:
+                frames = self.client_framer.feed(data)
+                if frames:
+                    await self._handle_client_frames(frames)
+            data = await self.client_reader.read(65536)
+            if not data:
+                self.end_reason = "client closed the connection"
+                return
+
+    async def _handle_client_frames(self, frames: list[Frame]) -> None:
+        out: list[bytes] = []
+        durable: list[Any] = []
+        for frame in frames:
+            kind = frame.type
+            if kind == b"X":
+                self.end_reason = "client terminated the session"
+                raise SessionClosed
+            if kind in (b"Q", b"P", b"E", b"F"):
+                self._check_token()
+            if kind == b"Q":
+                self._on_query(frame, out, durable)
+            elif kind == b"P":
+                self._on_parse(frame, out, durable)
+            elif kind == b"B":
+                self._on_bind(frame, out)
+            elif kind == b"E":
+                self._on_execute(frame, out, durable)
+            elif kind == b"D":
+                out.append(frame.raw)
+                message = decode_frontend(frame)
+                target = (self.prepared.get(message.name)
+                          if isinstance(message, Describe) and message.kind == "S" else None)
+                self.expected.append(Expect("describe", prepared=target))
+            elif kind == b"C":
+                message = decode_frontend(frame)
+                assert isinstance(message, Close)
+                if message.kind == "S":
+                    self.prepared.pop(message.name, None)
+                else:
+                    self.portals.pop(message.name, None)
+                out.append(frame.raw)
+                self.expected.append(Expect("close"))
+            elif kind == b"S":
+                out.append(frame.raw)
+                self.expected.append(Expect("sync"))
+            elif kind in (b"H", b"d", b"c", b"f"):
+                out.append(frame.raw)
+            elif kind == b"F":
+                self._refuse_simple("function calls (the FunctionCall message) are not allowed",
+                                    BLOCKED_SQLSTATE, out, durable, text="<FunctionCall>")
+            else:
+                raise ProtocolViolation(f"unexpected message type {kind!r} from the client")
+        if durable:
+            # fail closed: nothing goes upstream until every record of this batch is durable
+            await asyncio.gather(*durable)
+        if out:
+            now = self.clock()
+            for unit in self._batch_units:
+                unit.started = now
+            self._batch_units.clear()
+            self.upstream.writer.write(b"".join(out))
+            await self.upstream.writer.drain()
+
+    def _check_token(self) -> None:
+        if self.clock() >= self.identity.expires_at:
+            self.end_reason = "token expired"
+            self.client_writer.write(
+                error_response("28000", "your token has expired; reconnect with a fresh one",
+                               severity="FATAL")
+            )
+            raise SessionClosed
+
+    def _record(self, text: str, decision: Decision | None, index: int | None,
+                verdict_decision: str, reason: str | None = None,
+                parameters: list[str | None] | None = None) -> StatementRecord:
+        kind = None
+        tables: tuple[str, ...] = ()
+        phi: tuple[str, ...] = ()
+        fingerprint = None
+        if decision is not None:
+            fingerprint = decision.fingerprint
+            if index is not None and index < len(decision.verdicts):
+                verdict = decision.verdicts[index]
+                tables = tuple(sorted(str(t) for t in verdict.tables))
+                phi = tuple(sorted(str(c) for c in verdict.phi_columns))
+                statements = decision.classification.statements
+                if index < len(statements):
+                    kind = statements[index].kind
+        if len(text) > MAX_AUDIT_TEXT:
+            text = text[:MAX_AUDIT_TEXT]
+            reason = (reason + "; " if reason else "") + "statement text truncated in the record"
+        return StatementRecord(
+            record_id=uuid.uuid4(), session_id=self.session_id, at=self.clock(),
+            agent=self.identity.subject, group=self.group.name, text=text,
+            decision=verdict_decision, parameters=parameters, fingerprint=fingerprint,
+            kind=kind, tables=tables, phi_columns=phi, reason=reason,
+        )
+
+    def _unit(self, record: StatementRecord, durable: list[Any]) -> Unit:
+        unit = Unit(record)
+        self._batch_units.append(unit)
+        if self.results is not ResultRecording.NONE:
+            unit.digest = hashlib.sha256()
+        durable.append(self.audit.begin_statement(record))
+        return unit
+
+    def _refusal(self, decision: Decision, index: int) -> tuple[str, str]:
+        verdict = decision.verdicts[index]
+        if verdict.decision == "needs_approval":
+            shapes = ", ".join(sorted(verdict.approval_shapes)) or "policy"
+            return BLOCKED_SQLSTATE, (
+                f"policyc: this statement needs approval ({shapes}); approvals are not "
+                "available on this proxy yet, so it was not run"
+            )
+        return verdict.sqlstate or BLOCKED_SQLSTATE, (
+            f"policyc: statement blocked: {verdict.reason or 'not allowed by policy'}"
+        )
+
+    def _refuse_simple(self, message: str, sqlstate: str, out: list[bytes], durable: list[Any],
+                       text: str) -> None:
+        record = self._record(text, None, None, "blocked", reason=message)
+        durable.append(self.audit.record_statement(
+            record, StatementOutcome(record.record_id, None, 0.0, sqlstate)))
+        out.append(Query(POISON_QUERY).encode())
+        self.expected.append(Expect("stmt", rewrite=(sqlstate, message)))
+        self.expected.append(Expect("sync"))
+
+    def _on_query(self, frame: Frame, out: list[bytes], durable: list[Any]) -> None:
+        message = decode_frontend(frame)
+        assert isinstance(message, Query)
+        sql = message.sql
+        decision = self.decider.decide(self.group, sql)
+        classification = decision.classification
+        if classification.error is not None:
+            verdict = decision.verdicts[0]
+            sqlstate = verdict.sqlstate or BLOCKED_SQLSTATE
+            text = f"policyc: statement refused: {verdict.reason}"
+            record = self._record(sql, decision, 0, "blocked", reason=verdict.reason)
+            durable.append(self.audit.record_statement(
+                record, StatementOutcome(record.record_id, None, 0.0, sqlstate)))
+            out.append(Query(POISON_QUERY).encode())
+            self.expected.append(Expect("stmt", rewrite=(sqlstate, text)))
+            self.expected.append(Expect("sync"))
+            return
+        statements = classification.statements
+        if not statements:
+            out.append(frame.raw)
+            self.expected.append(Expect("stmt"))  # EmptyQueryResponse
+            self.expected.append(Expect("sync"))
+            return
+        stop = decision.blocked_index
+        if stop is None:
+            for index, info in enumerate(statements):
+                record = self._record(info.text, decision, index,
+                                      self._verdict_for(decision, index))
+                self.expected.append(Expect("stmt", self._unit(record, durable)))
+            self._remember_sql_prepare(decision)
+            out.append(frame.raw)
+            self.expected.append(Expect("sync"))
+            return
+        sqlstate, text = self._refusal(decision, stop)
+        texts = []
+        for index, info in enumerate(statements):
+            verdict = decision.verdicts[index]
+            if index < stop:
+                record = self._record(info.text, decision, index, self._verdict_for(decision,
+                                                                                   index))
+                self.expected.append(Expect("stmt", self._unit(record, durable)))
+                texts.append(info.text)
+            elif index == stop:
+                record = self._record(info.text, decision, index, "blocked",
+                                      reason=verdict.reason or text)
+                durable.append(self.audit.record_statement(
+                    record, StatementOutcome(record.record_id, None, 0.0, sqlstate)))
+            else:
+                record = self._record(
+                    info.text, decision, index, self._verdict_for(decision, index),
+                    reason="not run: an earlier statement in the same query was refused")
+                durable.append(self.audit.record_statement(
+                    record, StatementOutcome(record.record_id, None, None, None)))
+        texts.append(POISON_QUERY)
+        out.append(Query(";\n".join(texts)).encode())
+        self.expected.append(Expect("stmt", rewrite=(sqlstate, text)))
+        self.expected.append(Expect("sync"))
+
+    @staticmethod
+    def _verdict_for(decision: Decision, index: int) -> str:
+        verdict = decision.verdicts[index].decision
+        return "masked" if verdict == "masked" else "allowed"
+
+    def _remember_sql_prepare(self, decision: Decision) -> None:
+        """SQL-level PREPARE name AS ...: EXECUTE name later inherits what was touched."""
+        for info in decision.classification.statements:
+            if info.kind == "prepare" and info.name:
+                self.sql_prepared[info.name] = decision
+
+    def _on_parse(self, frame: Frame, out: list[bytes], durable: list[Any]) -> None:
+        message = decode_frontend(frame)
+        assert isinstance(message, Parse)
+        decision = self.decider.decide(self.group, message.sql)
+        stop = decision.blocked_index
+        if decision.classification.error is not None or stop is not None:
+            index = 0 if stop is None else stop
+            if decision.classification.error is not None:
+                verdict = decision.verdicts[0]
+                refusal = (verdict.sqlstate or BLOCKED_SQLSTATE,
+                           f"policyc: statement refused: {verdict.reason}")
+            else:
+                refusal = self._refusal(decision, index)
+            record = self._record(message.sql, decision, index, "blocked",
+                                  reason=decision.verdicts[index].reason)
+            durable.append(self.audit.record_statement(
+                record, StatementOutcome(record.record_id, None, 0.0, refusal[0])))
+            self.prepared[message.name] = Prepared(message.sql, decision, refusal)
+            out.append(Parse(message.name, POISON_PARSE, ()).encode())
+            self.expected.append(Expect("parse", rewrite=refusal))
+            return
+        self.prepared[message.name] = Prepared(message.sql, decision,
+                                               param_types=message.param_types)
+        out.append(frame.raw)
+        self.expected.append(Expect("parse"))
+
+    def _on_bind(self, frame: Frame, out: list[bytes]) -> None:
+        message = decode_frontend(frame)
+        assert isinstance(message, Bind)
+        prepared = self.prepared.get(message.statement)
+        if prepared is None:
+            prepared = Prepared("<unknown prepared statement>", None,
+                                ("26000", "policyc: unknown prepared statement"))
+        if prepared.refused is not None:
+            out.append(Bind(message.portal, POISON_STATEMENT, (), (), ()).encode())
+            self.expected.append(Expect("bind", rewrite=prepared.refused))
+            self.portals[message.portal] = Portal(prepared, [])
+            return
+        types = prepared.param_types
+        parameters = [
+            _param_text(value, message.param_format(i) == 1, types[i] if i < len(types) else 0)
+            for i, value in enumerate(message.params)
+        ]
+        self.portals[message.portal] = Portal(prepared, parameters)
+        out.append(frame.raw)
+        self.expected.append(Expect("bind"))
+
+    def _on_execute(self, frame: Frame, out: list[bytes], durable: list[Any]) -> None:
+        message = decode_frontend(frame)
+        assert isinstance(message, Execute)
+        portal = self.portals.get(message.portal)
+        if portal is None or portal.prepared.refused is not None:
+            # the server has no such portal (its Bind failed or never came): it will error
+            out.append(frame.raw)
+            refused = portal.prepared.refused if portal else None
+            self.expected.append(Expect("execute", rewrite=refused))
+            return
+        prepared = portal.prepared
+        decision = prepared.decision
+        verdict = "allowed"
+        if decision is not None and decision.verdicts:
+            verdict = self._verdict_for(decision, 0)
+        record = self._record(prepared.sql, decision, 0, verdict,
+                              parameters=portal.parameters or None)
+        out.append(frame.raw)
+        self.expected.append(Expect("execute", self._unit(record, durable)))
+
+    # ---- server side -------------------------------------------------------------------
+
+    async def server_pump(self) -> None:
+        data = self.upstream.leftover
+        framer = self.upstream.framer
+        while True:
+            if data:
+                frames = framer.feed(data)
+                out = self._handle_server_frames(frames)
+                self.client_writer.write(out)
+                await self.client_writer.drain()
+            data = await self.upstream.reader.read(65536)
+            if not data:
+                self.end_reason = "the database closed the session"
+                self.client_writer.write(error_response(
+                    "57P01", "policyc: the database ended this session (restart or shutdown); "
+                    "reconnect", severity="FATAL"))
+                raise SessionClosed
+
+    def _finish(self, expect: Expect, sqlstate: str | None = None, rows: int | None = None,
+                note: str | None = None) -> None:
+        unit = expect.unit
+        if unit is None or unit.finished:
+            return
+        unit.finished = True
+        duration = (self.clock() - unit.started) * 1000.0 if unit.started else None
+        digest = unit.digest.hexdigest() if unit.digest is not None and sqlstate is None else None
+        self.audit.finish_statement(StatementOutcome(
+            unit.record.record_id, unit.rows if rows is None else rows, duration, sqlstate,
+            digest, note))
+
+    def _handle_server_frames(self, frames: list[Frame]) -> bytes:
+        out: list[bytes] = []
+        expected = self.expected
+        for frame in frames:
+            kind = frame.type
+            if kind in {b"D", b"d"}:
+                head = expected[0] if expected else None
+                if head is not None and head.unit is not None:
+                    head.unit.rows += 1
+                    if head.unit.digest is not None:
+                        head.unit.digest.update(frame.raw)
+                out.append(frame.raw)
+            elif kind == b"C":
+                expect = self._pop(("execute", "stmt"))
+                message = decode_backend(frame)
+                assert isinstance(message, CommandComplete)
+                counted = command_rows(message.tag)
+                unit = expect.unit
+                if unit is not None and counted is not None and not message.tag.startswith(
+                        ("SELECT", "COPY", "FETCH")):
+                    unit.rows = counted
+                self._finish(expect)
+                out.append(frame.raw)
+            elif kind == b"I":
+                self._finish(self._pop(("execute", "stmt")))
+                out.append(frame.raw)
+            elif kind == b"s":
+                self._finish(self._pop(("execute",)), note="portal suspended")
+                out.append(frame.raw)
+            elif kind == b"1":
+                self._pop(("parse",))
+                out.append(frame.raw)
+            elif kind == b"2":
+                self._pop(("bind",))
+                out.append(frame.raw)
+            elif kind == b"3":
+                self._pop(("close",))
+                out.append(frame.raw)
+            elif kind in (b"T", b"n"):
+                if expected and expected[0].kind == "describe":
+                    expected.popleft()
+                elif kind == b"n":
+                    raise ProtocolViolation("NoData without a Describe", "08P01")
+                out.append(frame.raw)
+            elif kind == b"E":
+                head = expected.popleft() if expected else None
+                error = decode_backend(frame)
+                sqlstate = getattr(error, "sqlstate", None) or "XX000"
+                if head is not None and head.kind == "sync":
+                    # an error outside any pending message (e.g. a FATAL): keep the sync
+                    expected.appendleft(head)
+                    head = None
+                if head is not None and head.rewrite is not None:
+                    sqlstate, text = head.rewrite
+                    out.append(error_response(sqlstate, text))
+                else:
+                    out.append(frame.raw)
+                if head is not None:
+                    self._finish(head, sqlstate=sqlstate)
+                self.in_error = True
+                self._error_sqlstate = sqlstate
+            elif kind == b"Z":
+                while expected:
+                    expect = expected.popleft()
+                    if expect.kind == "sync":
+                        break
+                    self._finish(expect, sqlstate=self._error_sqlstate,
+                                 note="not run: an earlier message in the pipeline failed")
+                self.in_error = False
+                self.transaction_status = chr(frame.raw[5])
+                out.append(frame.raw)
+            elif kind == b"t":
+                head = expected[0] if expected else None
+                if head is not None and head.prepared is not None:
+                    described = decode_backend(frame)
+                    if isinstance(described, ParameterDescription):
+                        head.prepared.param_types = tuple(described.type_oids)
+                out.append(frame.raw)
+            else:
+                # G/H/W copy responses, c CopyDone, A/N/S async messages
+                out.append(frame.raw)
+        return b"".join(out)
+
+    def _pop(self, kinds: tuple[str, ...]) -> Expect:
+        if not self.expected or self.expected[0].kind not in kinds:
+            got = self.expected[0].kind if self.expected else "nothing"
+            raise ProtocolViolation(
+                f"server response out of step (expected {'/'.join(kinds)}, pending {got})",
+                "08P01")
+        return self.expected.popleft()
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, first_client_bytes: bytes = b"") -> None:
+        client = asyncio.create_task(self.client_pump(first_client_bytes))
+        server = asyncio.create_task(self.server_pump())
+        try:
+            done, pending = await asyncio.wait({client, server},
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                exc = task.exception()
+                if isinstance(exc, ProtocolViolation):
+                    self.end_reason = f"protocol violation: {exc}"
+                    self.client_writer.write(error_response(exc.sqlstate, str(exc),
+                                                            severity="FATAL"))
+                elif exc is not None and not isinstance(exc, SessionClosed | ConnectionError):
+                    self.end_reason = f"internal error: {type(exc).__name__}"
+                    log.error("session %s ended by %s", self.session_id, type(exc).__name__,
+                              exc_info=exc)
+                    self.client_writer.write(error_response(
+                        "XX000", "policyc: internal error; the session was closed",
+                        severity="FATAL"))
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        finally:
+            for expect in self.expected:
+                self._finish(expect, note=f"session ended: {self.end_reason}")
+            self.expected.clear()
+            self.audit.end_session(SessionEnd(self.session_id, self.clock(), self.end_reason),
+                                   self.upstream.backend_pid)
+            for writer in (self.upstream.writer, self.client_writer):
+                try:
+                    if writer is self.upstream.writer:
+                        writer.write(b"X\x00\x00\x00\x04")
+                    writer.close()
+                except (ConnectionError, RuntimeError):
+                    pass

@@ -1,0 +1,207 @@
+"""The audit log's local spool: append-only segment files made durable with fsync.
+
+Why a file and not the database: a statement must not reach the database before its audit
+record is durable, and the agent's own transaction cannot carry that record (a rollback
+would erase it).  A local fsync costs a few hundred microseconds and needs no network; the
+audit log drains the spool into PostgreSQL afterwards.
+
+Layout: ``<dir>/seg-00000001.jsonl`` ... one JSON object per line, written in whole batches
+(``os.write`` loop + ``os.fsync``).  A crash can leave the last line of a segment torn; it
+is skipped on recovery.  After a write error the segment is abandoned (never appended to
+again) so a torn line can only ever be a segment's last.  ``<dir>/spool.lock`` holds an
+exclusive ``flock`` so two proxies never share (and delete each other's) segments.
+
+This module is synchronous and knows nothing of records: the audit log runs it on one
+dedicated thread, which also serialises every mutation of a :class:`Spool`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("policyc.proxy.audit")
+
+_SEGMENT = re.compile(r"^seg-(\d{8})\.jsonl$")
+LOCK_NAME = "spool.lock"
+
+
+class SpoolLocked(OSError):
+    """Another process (or another AuditLog in this one) holds the spool directory."""
+
+
+def segment_name(number: int) -> str:
+    return f"seg-{number:08d}.jsonl"
+
+
+@dataclass
+class RecoveredSegment:
+    """Events read back from a segment left by an earlier run; ``torn`` counts skipped lines."""
+
+    number: int
+    events: list[dict[str, Any]]
+    torn: int = 0
+
+
+@dataclass
+class Spool:
+    """Segment files under one directory; every method may raise ``OSError``."""
+
+    directory: Path
+    segment_bytes: int = 8 << 20
+    fsyncs: int = 0
+    current: int = 0
+    total_bytes: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)
+    _fd: int = -1
+    _dir_fd: int = -1
+    _lock_fd: int = -1
+    _abandon: bool = False
+
+    # --- lifecycle --------------------------------------------------------------------
+    def open(self) -> list[RecoveredSegment]:
+        """Create/lock the directory, read back earlier segments, start a fresh segment."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            pass
+        else:
+            _fsync_path(self.directory.parent)  # the new directory entry survives a crash
+        mode = stat.S_IMODE(self.directory.stat().st_mode)
+        if mode & 0o077:
+            # the spool holds statement text and parameters, which may be PHI
+            os.chmod(self.directory, 0o700)
+            log.warning("audit spool directory was group/world accessible; set it to 0700")
+        self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        self._lock_fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self.close()
+            raise SpoolLocked(
+                f"audit spool {self.directory} is in use by another audit log") from exc
+        recovered = [self._read(n) for n in self._existing()]
+        for seg in recovered:
+            self.sizes[seg.number] = (self.directory / segment_name(seg.number)).stat().st_size
+        self.total_bytes = sum(self.sizes.values())
+        self._start_segment(max(self.sizes, default=0) + 1)
+        return recovered
+
+    def close(self) -> None:
+        """Close every descriptor (data already written was fsynced by ``append``)."""
+        for name in ("_fd", "_dir_fd", "_lock_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, -1)
+
+    # --- writing ----------------------------------------------------------------------
+    def append(self, data: bytes) -> int:
+        """Write ``data`` (whole lines) and fsync; return the segment number it went to.
+
+        Rotates first when the current segment is full or was abandoned after an error.
+        On any error the current segment is abandoned and the error propagates.
+        """
+        if self._abandon or self._fd < 0 or self.sizes[self.current] >= self.segment_bytes:
+            self._start_segment(self.current + 1)
+        number = self.current
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+        except OSError:
+            self._abandon = True
+            with contextlib.suppress(OSError):
+                size = os.fstat(self._fd).st_size
+                self.total_bytes += size - self.sizes[number]
+                self.sizes[number] = size
+            raise
+        self.fsyncs += 1
+        self.sizes[number] += len(data)
+        self.total_bytes += len(data)
+        return number
+
+    def delete_unreferenced(self, live: set[int]) -> list[int]:
+        """Remove every segment but the current one and those in ``live``; fsync the directory.
+
+        ``live`` is the caller's snapshot of segments that still hold undrained events.
+        Returns the numbers removed.
+        """
+        doomed = [n for n in self.sizes if n != self.current and n not in live]
+        for number in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / segment_name(number))
+            self.total_bytes -= self.sizes.pop(number)
+        if doomed:
+            self._sync_dir()
+        return doomed
+
+    def segments(self) -> list[int]:
+        return sorted(self.sizes)
+
+    # --- internals --------------------------------------------------------------------
+    def _start_segment(self, number: int) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        self._fd = os.open(self.directory / segment_name(number), flags, 0o600)
+        self.current = number
+        self.sizes[number] = 0
+        self._abandon = True  # until the directory entry is durable
+        self._sync_dir()
+        self._abandon = False
+
+    def _sync_dir(self) -> None:
+        os.fsync(self._dir_fd)
+        self.fsyncs += 1
+
+    def _existing(self) -> list[int]:
+        numbers = []
+        for entry in os.listdir(self.directory):
+            match = _SEGMENT.match(entry)
+            if match:
+                numbers.append(int(match.group(1)))
+        return sorted(numbers)
+
+    def _read(self, number: int) -> RecoveredSegment:
+        raw = (self.directory / segment_name(number)).read_bytes()
+        lines = raw.split(b"\n")
+        # the piece after the last newline is a torn write (or b"" when the file is whole)
+        torn = 1 if lines[-1] else 0
+        events: list[dict[str, Any]] = []
+        for lineno, line in enumerate(lines[:-1], start=1):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            if isinstance(event, dict):
+                events.append(event)
+            else:
+                torn += 1
+                log.error("audit spool %s line %d is unreadable; skipped",
+                          segment_name(number), lineno)
+        if lines[-1]:
+            log.warning("audit spool %s ends with a torn line (%d bytes); ignored",
+                        segment_name(number), len(lines[-1]))
+        return RecoveredSegment(number, events, torn)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
