@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: venv
-	$(BIN)/ruff check engine tests examples bench
+	$(BIN)/ruff check .
 
 typecheck: venv
 	$(BIN)/mypy

@@ -227,3 +227,27 @@ def test_pgbench(applied_clinic: Database, proxy: RunningProxy, tmp_path: Any,
     rows = wait_for(lambda: len(audit_rows(applied_clinic, "agent = 'bench-1'")) >= 100 and
                     audit_rows(applied_clinic, "agent = 'bench-1'"))
     assert len([r for r in rows if "FROM patients" in r[2]]) == 100
+
+
+def test_psycopg_async_prepared_and_pipeline(
+    applied_clinic: Database, proxy: RunningProxy
+) -> None:
+    async def run() -> tuple[Any, ...]:
+        conn = await psycopg.AsyncConnection.connect(
+            proxy.dsn("async-1", "clinician", clinic_id=3), autocommit=True)
+        async with conn:
+            cur = await conn.execute("SELECT count(*) FROM visits WHERE clinic_id = %s", (3,),
+                                     prepare=True)
+            visits = await cur.fetchone()
+            async with conn.pipeline():
+                first = await conn.execute("SELECT %s::int", (1,))
+                second = await conn.execute("SELECT policyc.claim('clinic_id')")
+            return visits, await first.fetchone(), await second.fetchone()
+
+    visits, first, second = asyncio.run(run())
+    assert visits is not None and visits[0] > 0
+    assert (first, second) == ((1,), ("3",))
+    rows = wait_for(lambda: len(audit_rows(applied_clinic, "agent = 'async-1'")) == 3 and
+                    audit_rows(applied_clinic, "agent = 'async-1'"))
+    assert [r[3] for r in rows] == ["allowed", "allowed", "allowed"]
+    assert rows[0][8] == ["3"]
