@@ -165,6 +165,10 @@ def proxy(applied_clinic: Database, tmp_path: Path) -> Iterator[Any]:
     """A running proxy in front of the applied clinic database (TLS and loopback plaintext)."""
     from proxyharness import run_proxy
 
-    with run_proxy(clinic_policy(applied_clinic.name), applied_clinic.dsn_as("policyc_proxy"),
+    policy = clinic_policy(applied_clinic.name)
+    # held statements give up after a second here (tests of holding set their own hold)
+    policy = dataclasses.replace(
+        policy, approvals=dataclasses.replace(policy.approvals, hold_seconds=1))
+    with run_proxy(policy, applied_clinic.dsn_as("policyc_proxy"),
                    tmp_path / "spool") as running:
         yield running

@@ -196,3 +196,21 @@ def test_writes_respect_columns_and_with_check(applied_clinic: Database) -> None
         assert visit is not None
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("UPDATE visits SET clinic_id = 2 WHERE id = %s", visit)
+
+
+def test_row_filters_are_right_under_parallel_query(applied_clinic: Database) -> None:
+    """A parallel worker has its own pid: identity lookups must not run there, or the filter
+    would silently drop rows."""
+    with applied_clinic.connect("billing") as conn:
+        register(applied_clinic, conn, "agent-7", "billing", {"clinic_id": 1})
+        query = "SELECT count(*) FROM visits WHERE visited_at > '1900-01-01'"
+        serial = conn.execute(query).fetchone()
+        for setting in ("parallel_setup_cost = 0", "parallel_tuple_cost = 0",
+                        "min_parallel_table_scan_size = 0", "max_parallel_workers_per_gather = 2",
+                        "parallel_leader_participation = off"):
+            conn.execute(f"SET {setting}".encode())
+        plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {query}".encode()))
+        assert "Gather" in plan, plan
+        assert conn.execute(query).fetchone() == serial
+    expected = applied_clinic.execute("SELECT count(*) FROM public.visits WHERE clinic_id = 1")
+    assert serial == expected[0]

@@ -107,11 +107,11 @@ def test_psycopg_extended_prepared_and_pipeline(
     assert [r[3] for r in refused] == ["blocked"]
 
 
-def test_copy_in_runs_and_copy_out_needs_approval(
+def test_copy_in_runs_and_copy_out_is_held(
     applied_clinic: Database, proxy: RunningProxy
 ) -> None:
     with proxy.connect("agent-7", "billing", clinic_id=1) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="needs approval"), \
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="was expired"), \
                 conn.cursor() as cur, cur.copy("COPY patients TO STDOUT") as copy:
             for _ in copy:
                 pass
@@ -123,10 +123,11 @@ def test_copy_in_runs_and_copy_out_needs_approval(
             copy.write_row((1, 10, "Z10"))
         assert conn.execute("SELECT 1").fetchone() == (1,)
     copies = wait_for(lambda: len(audit_rows(
-        applied_clinic, "kind IN ('copy_out', 'copy_in')")) == 2 and audit_rows(
+        applied_clinic, "kind IN ('copy_out', 'copy_in')")) == 3 and audit_rows(
         applied_clinic, "kind IN ('copy_out', 'copy_in')"))
     assert sorted((r[6], r[3], r[5]) for r in copies) == [
-        ("copy_in", "allowed", "42809"), ("copy_out", "blocked", "42501")]
+        ("copy_in", "allowed", "42809"), ("copy_out", "expired", "42501"),
+        ("copy_out", "held", None)]
 
 
 def test_copy_out_counts_rows_when_the_policy_allows_it(

@@ -212,6 +212,8 @@ _OBSERVE_TRIGGERS = "observe_triggers"
 
 _EXTRA_PRIVILEGES = "extra_privileges"
 
+_OBSERVE_APPROVERS = "observe_approvers"
+
 
 def revoke_statement(
     group: str, privilege: str, kind: str, schema: str | None, name: str, column: str | None,
@@ -274,6 +276,8 @@ def observe_all(
         observed[f"rls:{schema}.{name}"] = text
     for schema, name, text in _fetch(conn, _OBSERVE_TRIGGERS, tab_args):
         observed[f"trigger:{schema}.{name}"] = text
+    if _fetch(conn, "SELECT to_regclass('policyc.approver_roles') IS NOT NULL")[0][0]:
+        observed["approvers"] = str(_fetch(conn, _OBSERVE_APPROVERS)[0][0] or "")
     extra: dict[str, list[str]] = {}
     for group, *privilege in _fetch(conn, _EXTRA_PRIVILEGES, {"groups": sorted(set(groups))}):
         extra.setdefault(group, []).append(revoke_statement(group, *privilege))

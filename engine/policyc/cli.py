@@ -239,6 +239,24 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--name", default="policyc-proxy", help="this proxy's name in the audit")
     proxy.set_defaults(func=cmd_proxy)
 
+    from policyc import approvals as approvals_cli
+
+    approvals = sub.add_parser("approvals", help="list held statements waiting for a decision")
+    approvals.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    approvals.add_argument("--json", action="store_true", help="one JSON object per line")
+    approvals.add_argument("--all", action="store_true", help="include decided requests")
+    approvals.add_argument("--watch", action="store_true",
+                           help="stream new requests and decisions as they happen (Ctrl-C stops)")
+    approvals.add_argument("--max-events", type=int, default=None, help=argparse.SUPPRESS)
+    approvals.set_defaults(func=approvals_cli.cmd_approvals)
+
+    for verb, func in (("approve", approvals_cli.cmd_approve), ("deny", approvals_cli.cmd_deny)):
+        decide = sub.add_parser(verb, help=f"{verb} a held statement (approver roles only)")
+        decide.add_argument("id", type=int, help="the request id (see policyc approvals)")
+        decide.add_argument("--reason", required=True, help="why (kept in audit.approvals)")
+        decide.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+        decide.set_defaults(func=func)
+
     token = sub.add_parser("token", help="mint a development token (NOT for production)")
     token.add_argument("policy")
     token.add_argument("--sub", required=True, help="the agent's name (subject)")

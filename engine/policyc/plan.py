@@ -83,7 +83,7 @@ def load_catalog(conn: psycopg.Connection[Any], policy: Policy) -> Catalog:
     catalog = snapshot(
         conn,
         tables=policy_tables(policy),
-        roles=[g.name for g in policy.groups],
+        roles=[*(g.name for g in policy.groups), *policy.approvals.approvers],
         service_role=policy.proxy.service_role,
     )
     return observe(conn, policy, catalog)
@@ -116,6 +116,10 @@ def _hazards(obj: DesiredObject, old: Mapping[str, Any] | None) -> list[str]:
         return [f"new group role {obj.semantic['group']}: agents mapped to it can connect"]
     if obj.kind == "view":
         return _view_hazards(obj.semantic, old, obj.key.split(":")[1])
+    if obj.kind == "approvers":
+        before = set((old or {}).get("approvers", []))
+        return [f"members of {role} may approve held statements"
+                for role in obj.semantic["approvers"] if role not in before]
     if obj.kind == "rls" and old is not None:
         hazards = []
         old_filters = old.get("filters", {})

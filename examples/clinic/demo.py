@@ -9,6 +9,10 @@ development certificate); two agents of different groups connect with psql, thei
 as passwords, run ordinary SQL, one tries a blocked statement, and an auditor reads
 audit.statements and audit.sessions.
 
+Act 3 — just-in-time approval: the billing agent starts a bulk export (COPY ... TO STDOUT, which
+its group's policy holds for a human); from a "second terminal" the approver lists the request
+with `policyc approvals` and approves it with `policyc approve`; the held export then runs.
+
 In act 1, agent identities are registered through the runtime's owner-side function, exactly
 as the proxy does after verifying a token.
 """
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from policyc.cli import main as policyc
@@ -162,6 +167,35 @@ def token(policy: str, agent: str, groups: str, *claims: str) -> str:
     return out.stdout.strip()
 
 
+def act_three(port: int, policy: str, billing_token: str, admin_dsn: str) -> None:
+    banner("act 3: a bulk export is held until a human approves it")
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute("CREATE ROLE alice LOGIN IN ROLE security_analysts")
+    export = "COPY (SELECT id, full_name, birth_date FROM patients ORDER BY id LIMIT 5) TO STDOUT"
+    env = {**os.environ, "PGPASSWORD": billing_token, "PGSSLMODE": "require"}
+    print(f"  [agent terminal] $ psql ... -c {export!r}")
+    agent = subprocess.Popen(
+        ["psql", "-X", "-h", "127.0.0.1", "-p", str(port), "-U", "billing-bot-7", "-d", "clinic",
+         "-c", export], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    where = conninfo_to_dict(admin_dsn)
+    human = {**os.environ, "PGUSER": "alice", "PGHOST": str(where["host"]),
+             "PGPORT": str(where["port"]), "PGDATABASE": str(where["dbname"])}
+    time.sleep(1.5)
+    print("  [approver terminal] $ policyc approvals")
+    subprocess.run([sys.executable, "-m", "policyc.cli", "approvals"], env=human, check=False)
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        pending = admin.execute(
+            "SELECT max(id) FROM audit.approvals WHERE status = 'pending'").fetchone()
+    request = pending[0] if pending else None
+    print(f"  [approver terminal] $ policyc approve {request} --reason 'quarterly billing export'")
+    subprocess.run([sys.executable, "-m", "policyc.cli", "approve", str(request), "--reason",
+                    "quarterly billing export"], env=human, check=False)
+    output, _ = agent.communicate(timeout=60)
+    print("  [agent terminal] the held export ran:")
+    for line in output.splitlines():
+        print(f"    {line}")
+
+
 def act_two(service_dsn: str, admin_dsn: str) -> None:
     if shutil.which("psql") is None:
         print("  psql is not installed: skipping the proxy act")
@@ -192,6 +226,7 @@ def act_two(service_dsn: str, admin_dsn: str) -> None:
              "GROUP BY 1 ORDER BY 2 DESC LIMIT 3")
         banner("a forged token is refused")
         psql(port, "billing-bot-7", billing[:-4] + "AAAA", "SELECT 1")
+        act_three(port, policy, billing, admin_dsn)
         time.sleep(0.5)  # the audit spool drains asynchronously
         banner("what an auditor sees: audit.statements and audit.sessions")
         with psycopg.connect(admin_dsn, autocommit=True) as admin:

@@ -340,6 +340,35 @@ def _trigger_object(policy: Policy, table: Table) -> DesiredObject:
     )
 
 
+def _approvers_object(
+    policy: Policy, catalog: Catalog, problems: _Problems
+) -> DesiredObject:
+    """Approver roles (created NOLOGIN when missing) with EXECUTE on audit.approve / deny."""
+    roles = sorted(policy.approvals.approvers)
+    reserved = {*RUNTIME_ROLES, policy.proxy.service_role}
+    for role in roles:
+        existing = catalog.roles.get(role)
+        if role in reserved:
+            problems.add(
+                "approvals.approvers",
+                f"approver role {role} is a policyc runtime role: the proxy and the runtime "
+                "must never approve held statements",
+            )
+        elif existing is not None and (existing.comment or "").startswith("policyc group "):
+            problems.add(
+                "approvals.approvers",
+                f"approver role {role} is a policyc agent group role ({existing.comment}): "
+                "agents must never approve held statements",
+            )
+    return DesiredObject(
+        key="approvers",
+        family="grants",
+        create_sql=statements("approvers.sql.j2", roles=roles),
+        drop_sql=statements("approvers_drop.sql.j2", roles=roles),
+        semantic={"approvers": roles},
+    )
+
+
 def compile_policy(policy: Policy, catalog: Catalog) -> Compiled:
     """The objects apply would make, in execution order; raises CatalogError with every problem."""
     problems = _Problems(policy)
@@ -382,6 +411,8 @@ def compile_policy(policy: Policy, catalog: Catalog) -> Compiled:
         table = catalog.tables.get(name)
         if table is not None and table.kind in ("r", "p"):
             objects.append(_trigger_object(policy, table))
+    if policy.approvals.approvers:
+        objects.append(_approvers_object(policy, catalog, problems))
     if problems.items:
         raise CatalogError(problems.items)
     objects.sort(key=lambda o: o.order)

@@ -21,6 +21,7 @@ KIND_ORDER = {
     "rls": 6,
     "trigger": 7,
     "privileges": 8,
+    "approvers": 9,
 }
 
 

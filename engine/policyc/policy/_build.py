@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 
 from policyc.errors import Location, Problem
@@ -38,6 +39,8 @@ from policyc.policy.model import (
     ProxySettings,
     ResultRecording,
     TableName,
+    Webhook,
+    WebhookFormat,
     WriteGrant,
 )
 from policyc.policy.rowfilter import check_row_filter
@@ -56,6 +59,7 @@ MAX_LEEWAY_SECONDS = 300
 _RESERVED_GROUPS = frozenset({"public", "audit", "policyc"})
 _RESERVED_PREFIXES = ("pg_", "policyc_")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _MASKS = ", ".join(m.value for m in Mask)
 _ASYMMETRIC_HINT = "use an asymmetric algorithm such as RS256, ES256 or EdDSA"
 # Names the schema refuses are skipped here, so one bad name is one problem, not a cascade.
@@ -362,6 +366,57 @@ class Builder:
                 defaults.valid_for_seconds,
                 positive=True,
             ),
+            webhook=self._webhook((*path, "webhook"), section.get("webhook")),
+        )
+
+    def _webhook(self, path: Path, value: object) -> Webhook | None:
+        """``approvals.webhook``: https only (http to loopback for tests); json needs a secret,
+        for slack the URL is the secret."""
+        if not isinstance(value, dict):
+            return None
+        url = value.get("url")
+        if not isinstance(url, str):
+            return None  # the schema reports it
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+            self.report(
+                (*path, "url"),
+                "http:// is refused: requests carry statements and the secret; use https:// "
+                "(http:// is allowed to 127.0.0.1 and localhost only, for tests)",
+            )
+        elif scheme in ("http", "https") and not parts.hostname:
+            self.report((*path, "url"), "the URL has no host", supersede=True)
+        raw_format = value.get("format", WebhookFormat.JSON.value)
+        fmt = (
+            WebhookFormat(raw_format)
+            if raw_format in {f.value for f in WebhookFormat}
+            else WebhookFormat.JSON
+        )
+        secret_env = value.get("secret_env")
+        secret_file = value.get("secret_file")
+        env = secret_env if isinstance(secret_env, str) else None
+        file = secret_file if isinstance(secret_file, str) and secret_file else None
+        if env is not None and file is not None:
+            self.report(path, "give secret_env or secret_file, not both")
+        if fmt is WebhookFormat.JSON and env is None and file is None:
+            self.report(
+                path,
+                "a json webhook needs a secret (secret_env or secret_file): the endpoint must be "
+                "able to tell policyc's requests from anyone else's",
+            )
+        retries = _as_int(value.get("retries"))
+        return Webhook(
+            url=url,
+            format=fmt,
+            secret_env=env,
+            secret_file=(
+                os.path.normpath(os.path.join(self.base_dir, file)) if file is not None else None
+            ),
+            timeout_seconds=self._duration(
+                (*path, "timeout"), value.get("timeout"), 5, positive=True
+            ),
+            retries=retries if retries is not None and 0 <= retries <= 20 else 5,
         )
 
     def _audit(self, path: Path, value: object) -> AuditSettings:

@@ -149,6 +149,26 @@ class Identity:
     leeway_seconds: int = 30
 
 
+class WebhookFormat(StrEnum):
+    """The body of a webhook POST: the request as JSON, or a Slack-compatible ``{"text": ...}``."""
+
+    JSON = "json"
+    SLACK = "slack"
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Where approvers hear of new requests. The secret itself is never in the policy: it is
+    read from an environment variable or a file (resolved against the policy's directory)."""
+
+    url: str
+    format: WebhookFormat = WebhookFormat.JSON
+    secret_env: str | None = None
+    secret_file: str | None = None
+    timeout_seconds: int = 5
+    retries: int = 5
+
+
 @dataclass(frozen=True)
 class Approvals:
     """Who decides held statements and how long holds and approvals last (seconds)."""
@@ -156,6 +176,7 @@ class Approvals:
     approvers: tuple[str, ...] = ()
     hold_seconds: int = 120
     valid_for_seconds: int = 3600
+    webhook: Webhook | None = None
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,12 @@ from policyc.proxy.codec import (
 )
 from policyc.proxy.config import ProxyConfig, is_loopback
 from policyc.proxy.decide import Decider
+from policyc.proxy.holds import ApprovalBroker
 from policyc.proxy.records import SessionRecord
 from policyc.proxy.session import Session
 from policyc.proxy.upstream import UpstreamError, connect, send_cancel
 from policyc.proxy.verdict import SETTABLE
+from policyc.webhook import WebhookNotifier
 
 log = logging.getLogger("policyc.proxy")
 
@@ -86,6 +88,7 @@ class ProxyServer:
     audit: AuditLog | None = None
     decider: Decider | None = None
     sessions: dict[int, _Live] = field(default_factory=dict)
+    approvals: ApprovalBroker | None = None
     _server: asyncio.base_events.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -102,6 +105,10 @@ class ProxyServer:
             self.audit = AuditLog(self.config.upstream.conninfo(), self.config.spool_dir,
                                   proxy_name=self.config.proxy_name)
             await self.audit.start()
+        if self.approvals is None and policy.approvals.approvers:
+            self.approvals = ApprovalBroker(self.config.upstream.conninfo(),
+                                            self.config.proxy_name, _webhook(policy))
+            await self.approvals.start()
         self._ssl = self.config.server_ssl_context()
         self._server = await asyncio.start_server(
             self._accept, self.config.listen_host, self.config.listen_port, limit=1 << 20
@@ -126,6 +133,8 @@ class ProxyServer:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.approvals is not None:
+            await self.approvals.close()
         if self.audit is not None:
             await self.audit.close()
 
@@ -316,7 +325,9 @@ class ProxyServer:
         session = Session(session_id=session_id, identity=identity, group=group,
                           decider=self.decider, audit=self.audit, upstream=upstream,
                           client_reader=reader, client_writer=writer, client_framer=framer,
-                          results=self.config.policy.audit.results)
+                          results=self.config.policy.audit.results, approvals=self.approvals,
+                          hold_seconds=self.config.policy.approvals.hold_seconds,
+                          valid_for_seconds=self.config.policy.approvals.valid_for_seconds)
         self.sessions[proxy_pid] = _Live(session, proxy_key, upstream.backend_pid,
                                          upstream.backend_key)
         try:
@@ -329,6 +340,14 @@ class ProxyServer:
             pid = secrets.randbelow(2**31 - 2) + 1
             if pid not in self.sessions:
                 return pid
+
+
+def _webhook(policy: Any) -> Any:
+    """The policy's approval webhook notifier, if it configures one."""
+    settings = getattr(policy.approvals, "webhook", None)
+    if settings is None:
+        return None
+    return WebhookNotifier(settings)
 
 
 def _send_and_close(writer: asyncio.StreamWriter, data: bytes) -> None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
 import logging
 import struct
 import time
@@ -42,6 +44,7 @@ from policyc.proxy.codec import (
     decode_backend,
     decode_frontend,
     error_response,
+    notice_response,
 )
 from policyc.proxy.codec.backend import command_rows
 from policyc.proxy.decide import Decider, Decision
@@ -77,6 +80,10 @@ class Unit:
     rows: int = 0
     digest: Any = None
     finished: bool = False
+    limit: int | None = None  # rows the agent may receive without an approval
+    overflow: bool = False
+    parameters: list[str | None] | None = None
+    decision: Decision | None = None
 
 
 @dataclass
@@ -87,6 +94,8 @@ class Expect:
     unit: Unit | None = None
     rewrite: tuple[str, str] | None = None  # (sqlstate, message) replacing the server's error
     prepared: Prepared | None = None  # for Describe of a statement: learns parameter types
+    explain: asyncio.Future[int | None] | None = None  # an in-band EXPLAIN the proxy asked
+    explain_rows: int | None = None
 
 
 @dataclass
@@ -157,6 +166,11 @@ class Session:
     end_reason: str = "client closed the connection"
     _error_sqlstate: str | None = None
     _batch_units: list[Unit] = field(default_factory=list)
+    approvals: Any = None  # ApprovalBroker, or None when the policy names no approvers
+    hold_seconds: int = 120
+    valid_for_seconds: int = 3600
+    _stash: bytearray = field(default_factory=bytearray)
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     # ---- client side -------------------------------------------------------------------
 
@@ -167,6 +181,10 @@ class Session:
                 frames = self.client_framer.feed(data)
                 if frames:
                     await self._handle_client_frames(frames)
+            if self._stash:  # read while a statement was held
+                data = bytes(self._stash)
+                self._stash.clear()
+                continue
             data = await self.client_reader.read(65536)
             if not data:
                 self.end_reason = "client closed the connection"
@@ -183,13 +201,13 @@ class Session:
             if kind in (b"Q", b"P", b"E", b"F"):
                 self._check_token()
             if kind == b"Q":
-                self._on_query(frame, out, durable)
+                await self._on_query(frame, out, durable)
             elif kind == b"P":
                 self._on_parse(frame, out, durable)
             elif kind == b"B":
                 self._on_bind(frame, out)
             elif kind == b"E":
-                self._on_execute(frame, out, durable)
+                await self._on_execute(frame, out, durable)
             elif kind == b"D":
                 out.append(frame.raw)
                 message = decode_frontend(frame)
@@ -215,15 +233,20 @@ class Session:
                                     BLOCKED_SQLSTATE, out, durable, text="<FunctionCall>")
             else:
                 raise ProtocolViolation(f"unexpected message type {kind!r} from the client")
+        await self._flush(out, durable)
+
+    async def _flush(self, out: list[bytes], durable: list[Any]) -> None:
         if durable:
             # fail closed: nothing goes upstream until every record of this batch is durable
             await asyncio.gather(*durable)
+            durable.clear()
         if out:
             now = self.clock()
             for unit in self._batch_units:
                 unit.started = now
             self._batch_units.clear()
             self.upstream.writer.write(b"".join(out))
+            out.clear()
             await self.upstream.writer.drain()
 
     def _check_token(self) -> None:
@@ -237,7 +260,8 @@ class Session:
 
     def _record(self, text: str, decision: Decision | None, index: int | None,
                 verdict_decision: str, reason: str | None = None,
-                parameters: list[str | None] | None = None) -> StatementRecord:
+                parameters: list[str | None] | None = None,
+                approval_id: int | None = None) -> StatementRecord:
         kind = None
         tables: tuple[str, ...] = ()
         phi: tuple[str, ...] = ()
@@ -258,11 +282,25 @@ class Session:
             record_id=uuid.uuid4(), session_id=self.session_id, at=self.clock(),
             agent=self.identity.subject, group=self.group.name, text=text,
             decision=verdict_decision, parameters=parameters, fingerprint=fingerprint,
-            kind=kind, tables=tables, phi_columns=phi, reason=reason,
+            kind=kind, tables=tables, phi_columns=phi, reason=reason, approval_id=approval_id,
         )
 
-    def _unit(self, record: StatementRecord, durable: list[Any]) -> Unit:
-        unit = Unit(record)
+    def _unit(self, record: StatementRecord, durable: list[Any],
+              decision: Decision | None = None,
+              approval_key: list[str | None] | None = None) -> Unit:
+        """``approval_key`` is what an approval must match besides agent and fingerprint: the
+        bind parameters, or for the simple protocol the exact query text."""
+        key = approval_key if approval_key is not None else record.parameters
+        unit = Unit(record, decision=decision, parameters=key)
+        if record.approval_id is None and record.kind in ("select", "copy_out", "fetch", None):
+            unit.limit = self.group.approval.rows_over
+            if unit.limit is not None and self.approvals is not None and decision is not None:
+                approved = self.approvals.cached(record.agent, decision.fingerprint, key)
+                if approved is not None:  # a human allowed this one: no row limit
+                    unit.limit = None
+                    unit.record = dataclasses.replace(record, decision="approved",
+                                                      approval_id=approved)
+                    record = unit.record
         self._batch_units.append(unit)
         if self.results is not ResultRecording.NONE:
             unit.digest = hashlib.sha256()
@@ -290,7 +328,7 @@ class Session:
         self.expected.append(Expect("stmt", rewrite=(sqlstate, message)))
         self.expected.append(Expect("sync"))
 
-    def _on_query(self, frame: Frame, out: list[bytes], durable: list[Any]) -> None:
+    async def _on_query(self, frame: Frame, out: list[bytes], durable: list[Any]) -> None:
         message = decode_frontend(frame)
         assert isinstance(message, Query)
         sql = message.sql
@@ -314,13 +352,46 @@ class Session:
             self.expected.append(Expect("sync"))
             return
         stop = decision.blocked_index
+        approval_id: int | None = None
+        refusal: tuple[str, str] | None = None
+        if stop is not None and self._holdable(decision):
+            # simple protocol: the exact text stands in for parameters, so an approval never
+            # covers the same statement shape with other literals
+            hold = await self._hold(out, durable, sql, [sql], decision, stop)
+            if isinstance(hold, int):
+                approval_id, stop = hold, None
+            else:
+                refusal = hold
+        if stop is None and approval_id is None and self._over_estimate(decision):
+            estimate = await self._explain(sql)
+            limit = self.group.approval.rows_over
+            if estimate is not None and limit is not None and estimate > limit:
+                reason = f"estimated {estimate} rows, over this group's limit of {limit}"
+                hold = await self._hold(out, durable, sql, [sql], decision, 0, reason=reason,
+                                        estimated_rows=estimate)
+                if isinstance(hold, int):
+                    approval_id = hold
+                else:
+                    out.append(Query(POISON_QUERY).encode())
+                    self.expected.append(Expect("stmt", rewrite=hold))
+                    self.expected.append(Expect("sync"))
+                    return
         if stop is None:
             for index, info in enumerate(statements):
-                record = self._record(info.text, decision, index,
-                                      self._verdict_for(decision, index))
-                self.expected.append(Expect("stmt", self._unit(record, durable)))
+                label = "approved" if approval_id else self._verdict_for(decision, index)
+                record = self._record(info.text, decision, index, label,
+                                      approval_id=approval_id)
+                self.expected.append(
+                    Expect("stmt", self._unit(record, durable, decision, approval_key=[sql])))
             self._remember_sql_prepare(decision)
             out.append(frame.raw)
+            self.expected.append(Expect("sync"))
+            return
+        if refusal is not None:
+            # held and not approved: the whole query text was the request, and its outcome is
+            # already recorded; nothing of it runs
+            out.append(Query(POISON_QUERY).encode())
+            self.expected.append(Expect("stmt", rewrite=refusal))
             self.expected.append(Expect("sync"))
             return
         sqlstate, text = self._refusal(decision, stop)
@@ -364,6 +435,8 @@ class Session:
         assert isinstance(message, Parse)
         decision = self.decider.decide(self.group, message.sql)
         stop = decision.blocked_index
+        if stop is not None and self._holdable(decision):
+            stop = None  # preparing is harmless: the hold happens at Execute, with parameters
         if decision.classification.error is not None or stop is not None:
             index = 0 if stop is None else stop
             if decision.classification.error is not None:
@@ -406,7 +479,7 @@ class Session:
         out.append(frame.raw)
         self.expected.append(Expect("bind"))
 
-    def _on_execute(self, frame: Frame, out: list[bytes], durable: list[Any]) -> None:
+    async def _on_execute(self, frame: Frame, out: list[bytes], durable: list[Any]) -> None:
         message = decode_frontend(frame)
         assert isinstance(message, Execute)
         portal = self.portals.get(message.portal)
@@ -419,12 +492,149 @@ class Session:
         prepared = portal.prepared
         decision = prepared.decision
         verdict = "allowed"
+        approval_id = None
         if decision is not None and decision.verdicts:
             verdict = self._verdict_for(decision, 0)
+            if decision.blocked_index is not None and self._holdable(decision):
+                hold = await self._hold(out, durable, prepared.sql, portal.parameters or None,
+                                        decision, decision.blocked_index)
+                if not isinstance(hold, int):
+                    # the server fails on a portal that does not exist; we rewrite its error
+                    out.append(Execute(POISON_STATEMENT, 0).encode())
+                    self.expected.append(Expect("execute", rewrite=hold))
+                    return
+                verdict, approval_id = "approved", hold
         record = self._record(prepared.sql, decision, 0, verdict,
-                              parameters=portal.parameters or None)
+                              parameters=portal.parameters or None, approval_id=approval_id)
         out.append(frame.raw)
-        self.expected.append(Expect("execute", self._unit(record, durable)))
+        self.expected.append(Expect("execute", self._unit(record, durable, decision)))
+
+    # ---- just-in-time approval --------------------------------------------------------
+
+    @staticmethod
+    def _holdable(decision: Decision) -> bool:
+        """True when nothing is blocked outright and something needs approval."""
+        verdicts = [v.decision for v in decision.verdicts]
+        return "needs_approval" in verdicts and "blocked" not in verdicts
+
+    def _human(self) -> str | None:
+        claims = self.identity.claims
+        act = claims.get("act")
+        human = claims.get("human") or (act.get("sub") if isinstance(act, dict) else None)
+        return str(human) if human else None
+
+    async def _hold(self, out: list[bytes], durable: list[Any], text: str,
+                    parameters: list[str | None] | None, decision: Decision,
+                    index: int, *, reason: str | None = None,
+                    estimated_rows: int | None = None) -> int | tuple[str, str]:
+        """Hold a statement for a human: the approval id when it may run, else the refusal
+        (sqlstate, message). Everything before it in the pipeline is sent first."""
+        verdict = decision.verdicts[index]
+        shapes = reason or ", ".join(sorted(verdict.approval_shapes)) or "policy"
+        if self.approvals is None:
+            return BLOCKED_SQLSTATE, (
+                f"policyc: this statement needs approval ({shapes}) but the policy names no "
+                "approvers, so it was not run")
+        await self._flush(out, durable)
+        agent = self.identity.subject
+        found = await self.approvals.find(agent, decision.fingerprint, parameters)
+        if found is not None:
+            return int(found)
+        if self.transaction_status in ("T", "E") and \
+                self.group.approval.in_transaction == "refuse":
+            return BLOCKED_SQLSTATE, (
+                f"policyc: this statement needs approval ({shapes}); inside an open transaction "
+                "this group's policy refuses instead of holding. Run it outside a transaction.")
+        request_id: int = await self.approvals.request(
+            session_id=self.session_id, agent=agent, human=self._human(),
+            group=self.group.name, statement=text, parameters=parameters,
+            fingerprint=decision.fingerprint,
+            tables=sorted(str(t) for t in verdict.tables),
+            phi=sorted(str(c) for c in verdict.phi_columns), reason=f"needs approval: {shapes}",
+            estimated_rows=estimated_rows, hold_seconds=self.hold_seconds,
+            valid_for_seconds=self.valid_for_seconds)
+        held = self._record(text, decision, index, "held", reason=f"needs approval: {shapes}",
+                            parameters=parameters, approval_id=request_id)
+        await self.audit.record_statement(held, StatementOutcome(held.record_id, None, None))
+        self.client_writer.write(notice_response(
+            f"policyc: approval request {request_id} is waiting for an approver "
+            f"(up to {self.hold_seconds} s)", severity="NOTICE"))
+        await self.client_writer.drain()
+        status = await self._await_decision(request_id)
+        if status == "approved":
+            return request_id
+        final = self._record(text, decision, index, status, parameters=parameters,
+                             approval_id=request_id,
+                             reason=f"approval request {request_id} {status}")
+        await self.audit.record_statement(
+            final, StatementOutcome(final.record_id, None, None, BLOCKED_SQLSTATE))
+        return BLOCKED_SQLSTATE, (
+            f"policyc: approval request {request_id} was {status}; the statement did not run")
+
+    def _over_estimate(self, decision: Decision) -> bool:
+        """Worth an EXPLAIN: the group has a row limit, the query reads, and it can be
+        explained in-band now (nothing outstanding on the session)."""
+        if self.group.approval.rows_over is None or self.approvals is None:
+            return False
+        statements = decision.classification.statements
+        return (len(statements) == 1 and statements[0].kind == "select" and not self.expected
+                and self.transaction_status != "E")
+
+    async def _explain(self, sql: str) -> int | None:
+        """The planner's row estimate for ``sql``, asked on the agent's own session (same role,
+        same row filters); None when it cannot tell. The exchange never reaches the client."""
+        waiter: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self.expected.append(Expect("explain", explain=waiter))
+        self.upstream.writer.write(Query("EXPLAIN (FORMAT JSON) " + sql).encode())
+        await self.upstream.writer.drain()
+        return await waiter
+
+    def _overflow(self, unit: Unit) -> bytes:
+        """A result grew past the group's row limit: the rest is withheld and an approval
+        request is opened so a human can allow it."""
+        limit = unit.limit
+        if self.approvals is not None and unit.decision is not None:
+            decision = unit.decision
+            verdict = decision.verdicts[0] if decision.verdicts else None
+            task = asyncio.get_running_loop().create_task(self.approvals.request(
+                session_id=self.session_id, agent=self.identity.subject, human=self._human(),
+                group=self.group.name, statement=unit.record.text,
+                parameters=unit.parameters,
+                fingerprint=decision.fingerprint,
+                tables=sorted(str(t) for t in verdict.tables) if verdict else [],
+                phi=sorted(str(c) for c in verdict.phi_columns) if verdict else [],
+                reason=f"returned more than {limit} rows", estimated_rows=unit.rows,
+                hold_seconds=self.hold_seconds, valid_for_seconds=self.valid_for_seconds))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return error_response(BLOCKED_SQLSTATE, (
+            f"policyc: the result has more than {limit} rows, over this group's approval "
+            "threshold; the rest was withheld and an approval request was opened "
+            "(see `policyc approvals`). Run it again once it is approved."))
+
+    async def _await_decision(self, request_id: int) -> str:
+        """Wait for the decision while watching the client: a client that goes away cancels
+        its request and nothing runs; bytes it sends meanwhile wait their turn."""
+        decision = asyncio.ensure_future(self.approvals.wait(request_id, self.hold_seconds))
+        while True:
+            reading = asyncio.ensure_future(self.client_reader.read(65536))
+            done, _ = await asyncio.wait({decision, reading}, return_when=asyncio.FIRST_COMPLETED)
+            if reading in done:
+                data = reading.result()
+                if data:
+                    self._stash += data
+                    if len(self._stash) > (64 << 20):
+                        raise ProtocolViolation("too much data sent while a statement was held")
+                    continue
+                decision.cancel()
+                await self.approvals.close_request(request_id, "cancelled",
+                                                   "the client disconnected while held")
+                self.end_reason = "client disconnected while a statement was held"
+                raise SessionClosed
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+            return str(decision.result())
 
     # ---- server side -------------------------------------------------------------------
 
@@ -462,12 +672,19 @@ class Session:
         expected = self.expected
         for frame in frames:
             kind = frame.type
+            head = expected[0] if expected else None
+            if head is not None and head.explain is not None and kind not in {b"A", b"S"}:
+                self._explain_frame(head, frame)  # asynchronous messages still go through
+                continue
             if kind in {b"D", b"d"}:
-                head = expected[0] if expected else None
-                if head is not None and head.unit is not None:
-                    head.unit.rows += 1
-                    if head.unit.digest is not None:
-                        head.unit.digest.update(frame.raw)
+                unit = head.unit if head is not None else None
+                if unit is not None:
+                    unit.rows += 1
+                    if unit.limit is not None and unit.rows > unit.limit:
+                        unit.overflow = True  # withheld: never reaches the agent
+                        continue
+                    if unit.digest is not None:
+                        unit.digest.update(frame.raw)
                 out.append(frame.raw)
             elif kind == b"C":
                 expect = self._pop(("execute", "stmt"))
@@ -478,6 +695,11 @@ class Session:
                 if unit is not None and counted is not None and not message.tag.startswith(
                         ("SELECT", "COPY", "FETCH")):
                     unit.rows = counted
+                if unit is not None and unit.overflow:
+                    self._finish(expect, sqlstate=BLOCKED_SQLSTATE,
+                                 note="result over the row limit: rows withheld")
+                    out.append(self._overflow(unit))
+                    continue
                 self._finish(expect)
                 out.append(frame.raw)
             elif kind == b"I":
@@ -539,6 +761,22 @@ class Session:
                 # G/H/W copy responses, c CopyDone, A/N/S async messages
                 out.append(frame.raw)
         return b"".join(out)
+
+    def _explain_frame(self, head: Expect, frame: Frame) -> None:
+        """Consume the proxy's own EXPLAIN exchange; resolve its waiter at ReadyForQuery."""
+        assert head.explain is not None
+        if frame.type == b"D":
+            message = decode_backend(frame)
+            try:
+                plan = json.loads(bytes(message.columns[0] or b"null"))  # type: ignore[union-attr]
+                head.explain_rows = int(plan[0]["Plan"]["Plan Rows"])
+            except (ValueError, KeyError, IndexError, TypeError):
+                head.explain_rows = None
+        elif frame.type == b"Z":
+            self.expected.popleft()
+            if not head.explain.done():
+                head.explain.set_result(head.explain_rows)
+        # T, C, E, N: nothing for the client
 
     def _pop(self, kinds: tuple[str, ...]) -> Expect:
         if not self.expected or self.expected[0].kind not in kinds:

@@ -196,8 +196,8 @@ ALTER TABLE "public"."claims" ENABLE ROW LEVEL SECURITY;
 CREATE POLICY policyc_passthrough ON "public"."claims" AS PERMISSIVE FOR ALL TO PUBLIC
     USING (true) WITH CHECK (true);
 CREATE POLICY "policyc_billing" ON "public"."claims" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING (CURRENT_USER <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = CAST(policyc.claim('clinic_id') AS integer))))
-    WITH CHECK (CURRENT_USER <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = CAST(policyc.claim('clinic_id') AS integer))));
+    USING (CURRENT_USER <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer))))
+    WITH CHECK (CURRENT_USER <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer))));
 
 -- rls:public.notes
 DROP POLICY IF EXISTS "policyc_clinician" ON "public"."notes";
@@ -207,8 +207,8 @@ ALTER TABLE "public"."notes" ENABLE ROW LEVEL SECURITY;
 CREATE POLICY policyc_passthrough ON "public"."notes" AS PERMISSIVE FOR ALL TO PUBLIC
     USING (true) WITH CHECK (true);
 CREATE POLICY "policyc_clinician" ON "public"."notes" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING (CURRENT_USER <> 'clinician' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = CAST(policyc.claim('clinic_id') AS integer))))
-    WITH CHECK (CURRENT_USER <> 'clinician' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = CAST(policyc.claim('clinic_id') AS integer))));
+    USING (CURRENT_USER <> 'clinician' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer))))
+    WITH CHECK (CURRENT_USER <> 'clinician' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer))));
 
 -- rls:public.patients
 DROP POLICY IF EXISTS "policyc_billing" ON "public"."patients";
@@ -219,11 +219,11 @@ ALTER TABLE "public"."patients" ENABLE ROW LEVEL SECURITY;
 CREATE POLICY policyc_passthrough ON "public"."patients" AS PERMISSIVE FOR ALL TO PUBLIC
     USING (true) WITH CHECK (true);
 CREATE POLICY "policyc_billing" ON "public"."patients" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING (CURRENT_USER <> 'billing' OR (clinic_id = CAST(policyc.claim('clinic_id') AS integer)))
-    WITH CHECK (CURRENT_USER <> 'billing' OR (clinic_id = CAST(policyc.claim('clinic_id') AS integer)));
+    USING (CURRENT_USER <> 'billing' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)))
+    WITH CHECK (CURRENT_USER <> 'billing' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)));
 CREATE POLICY "policyc_clinician" ON "public"."patients" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING (CURRENT_USER <> 'clinician' OR (clinic_id = CAST(policyc.claim('clinic_id') AS integer)))
-    WITH CHECK (CURRENT_USER <> 'clinician' OR (clinic_id = CAST(policyc.claim('clinic_id') AS integer)));
+    USING (CURRENT_USER <> 'clinician' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)))
+    WITH CHECK (CURRENT_USER <> 'clinician' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)));
 
 -- rls:public.visits
 DROP POLICY IF EXISTS "policyc_billing" ON "public"."visits";
@@ -234,11 +234,11 @@ ALTER TABLE "public"."visits" ENABLE ROW LEVEL SECURITY;
 CREATE POLICY policyc_passthrough ON "public"."visits" AS PERMISSIVE FOR ALL TO PUBLIC
     USING (true) WITH CHECK (true);
 CREATE POLICY "policyc_billing" ON "public"."visits" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING (CURRENT_USER <> 'billing' OR (clinic_id = CAST(policyc.claim('clinic_id') AS integer)))
-    WITH CHECK (CURRENT_USER <> 'billing' OR (clinic_id = CAST(policyc.claim('clinic_id') AS integer)));
+    USING (CURRENT_USER <> 'billing' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)))
+    WITH CHECK (CURRENT_USER <> 'billing' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)));
 CREATE POLICY "policyc_clinician" ON "public"."visits" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING (CURRENT_USER <> 'clinician' OR (clinic_id = CAST(policyc.claim('clinic_id') AS integer)))
-    WITH CHECK (CURRENT_USER <> 'clinician' OR (clinic_id = CAST(policyc.claim('clinic_id') AS integer)));
+    USING (CURRENT_USER <> 'clinician' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)))
+    WITH CHECK (CURRENT_USER <> 'clinician' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)));
 
 -- trigger:public.claims
 DROP TRIGGER IF EXISTS policyc_audit_insert ON "public"."claims";
@@ -295,3 +295,37 @@ CREATE TRIGGER policyc_audit_update AFTER UPDATE ON "public"."visits"
 CREATE TRIGGER policyc_audit_delete AFTER DELETE ON "public"."visits"
     REFERENCING OLD TABLE AS policyc_old
     FOR EACH STATEMENT EXECUTE FUNCTION policyc.audit_row_changes('["id"]', '["diagnosis", "notes"]');
+
+-- approvers
+DO $policyc$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['security_analysts']::text[] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END
+$policyc$;
+DO $policyc$
+DECLARE
+    g text;
+BEGIN
+    FOR g IN SELECT DISTINCT e.grantee::regrole::text
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) e
+              WHERE p.oid IN ('audit.approve(bigint, text)'::regprocedure,
+                              'audit.deny(bigint, text)'::regprocedure)
+                AND e.grantee NOT IN (0, p.proowner)
+    LOOP
+        EXECUTE pg_catalog.format(
+            'REVOKE EXECUTE ON FUNCTION audit.approve(bigint, text), audit.deny(bigint, text) FROM %s', g);
+    END LOOP;
+END
+$policyc$;
+DELETE FROM policyc.approver_roles;
+INSERT INTO policyc.approver_roles (role_name) VALUES
+    ('security_analysts');
+GRANT USAGE ON SCHEMA audit TO "security_analysts";
+GRANT EXECUTE ON FUNCTION audit.approve(bigint, text), audit.deny(bigint, text) TO "security_analysts";
+GRANT SELECT ON audit.approvals, audit.pending_approvals TO "security_analysts";
