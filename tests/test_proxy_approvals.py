@@ -286,3 +286,23 @@ def test_rows_over_enforced_on_actual_rows(approver: Database, tmp_path: Path) -
     query = "SELECT rows, sqlstate FROM audit.statements WHERE parameters = '[\"0\"]' ORDER BY id"
     sent = wait_for(lambda: len(approver.execute(query)) >= 2 and approver.execute(query))
     assert sent[0][1] == "42501" and sent[-1][1] is None
+
+
+def test_a_forged_notification_releases_nothing(approver: Database,
+                                                held_proxy: RunningProxy) -> None:
+    """Anyone can NOTIFY: the proxy reads the decision back from audit.approvals."""
+    with held_proxy.connect("agent-7", "billing", clinic_id=1) as conn:
+        thread, result = _in_thread(lambda: conn.execute(UPDATE_ALL))
+        request = wait_for(lambda: _pending(approver))
+        payload = f'{{"id": {request[0][0]}, "status": "approved"}}'
+        approver.execute("SELECT pg_notify('policyc_approvals', %s)", (payload,))
+        with held_proxy.connect("agent-8", "billing", clinic_id=1) as other, \
+                pytest.raises(psycopg.errors.InsufficientPrivilege):
+            other.execute("SELECT pg_notify('policyc_approvals', %s)", (payload,))
+        time.sleep(1.0)
+        assert thread.is_alive(), "a forged notification must not release the statement"
+        assert _decide(approver, "deny") == "denied"
+        thread.join(20)
+        assert isinstance(result.get("error"), psycopg.errors.InsufficientPrivilege)
+    assert approver.execute("SELECT count(*) FROM public.claims WHERE status = 'reviewed'") == \
+        [(0,)]

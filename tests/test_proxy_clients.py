@@ -252,3 +252,12 @@ def test_psycopg_async_prepared_and_pipeline(
                     audit_rows(applied_clinic, "agent = 'async-1'"))
     assert [r[3] for r in rows] == ["allowed", "allowed", "allowed"]
     assert rows[0][8] == ["3"]
+
+
+def test_agents_cannot_listen_or_notify_on_policyc_channels(proxy: RunningProxy) -> None:
+    with proxy.connect("agent-7", "billing", clinic_id=1) as conn:
+        for statement in ("LISTEN policyc_approvals", 'LISTEN "policyc_approval_requests"',
+                          "NOTIFY policyc_approvals, '{\"id\": 1, \"status\": \"approved\"}'"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="channels"):
+                conn.execute(statement)
+        conn.execute("LISTEN my_own_channel")  # other channels are the agent's business

@@ -83,8 +83,12 @@ CREATE TABLE x (a text DEFAULT pg_read_file('/etc/passwd'))
 => clinician: ddl[ddl,file_access] blocked
 
 # ordinary functions are fine
-SELECT now(), lower(code), current_setting('TimeZone'), pg_notify('c', 'p') FROM claims
+SELECT now(), lower(code), current_setting('TimeZone') FROM claims
 => select[] allowed
+
+# pg_notify() could forge the proxy's own approval notifications: NOTIFY on own channels only
+SELECT pg_notify('c', 'p')
+=> select[] blocked
 
 SELECT pg_advisory_lock(1)
 => select[] allowed

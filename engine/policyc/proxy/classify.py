@@ -537,6 +537,8 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
         name = body.get("portalname")  # None means ALL
     elif node == "DeallocateStmt":
         name = body.get("name")  # None means ALL
+    elif node in {"ListenStmt", "NotifyStmt", "UnlistenStmt"}:
+        name = body.get("conditionname")  # the channel; None means UNLISTEN *
 
     return StatementInfo(
         kind=kind,

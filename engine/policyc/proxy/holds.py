@@ -71,9 +71,7 @@ class ApprovalBroker:
                     for request_id in list(self._waiters):
                         await self._recheck(request_id)
                     async for note in conn.notifies():
-                        status = self._deliver(note.payload)
-                        if status is not None and status[1] == "approved":
-                            await self._load_valid(status[0])
+                        await self._on_notification(note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the connection dropped: reconnect, then re-check
@@ -81,6 +79,19 @@ class ApprovalBroker:
                             type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)
+
+    async def _on_notification(self, payload: str) -> None:
+        """A notification only says *which* request changed: anyone can NOTIFY, so the status
+        is always read back from audit.approvals before a held statement is released."""
+        try:
+            request_id = int(json.loads(payload)["id"])
+        except (ValueError, KeyError, TypeError):
+            return
+        status = await self._query("SELECT status FROM audit.approvals WHERE id = %s",
+                                   (request_id,))
+        self._deliver(json.dumps({"id": request_id, "status": status}))
+        if status == "approved":
+            await self._load_valid(request_id)
 
     def _deliver(self, payload: str) -> tuple[int, str] | None:
         try:

@@ -607,6 +607,10 @@ class Session:
                 hold_seconds=self.hold_seconds, valid_for_seconds=self.valid_for_seconds))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        if self.approvals is None:
+            return error_response(BLOCKED_SQLSTATE, (
+                f"policyc: the result has more than {limit} rows, over this group's approval "
+                "threshold; the rest was withheld (the policy names no approvers)"))
         return error_response(BLOCKED_SQLSTATE, (
             f"policyc: the result has more than {limit} rows, over this group's approval "
             "threshold; the rest was withheld and an approval request was opened "

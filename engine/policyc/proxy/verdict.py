@@ -301,6 +301,10 @@ def _blocked_reason(info: StatementInfo, group: Group) -> str | None:
         )
     if info.kind in {"set", "reset", "show"}:
         return _setting_reason(info)
+    if info.kind in {"listen", "notify"} and (info.name or "").lower().startswith("policyc"):
+        return "the policyc_* notification channels belong to the proxy and approvers"
+    if "pg_notify" in info.functions:
+        return "pg_notify() is not allowed (use NOTIFY on your own channels)"
     return None
 
 
