@@ -38,6 +38,10 @@ def load_module(path: Path, name: str) -> Any:
 def pg_cluster() -> Iterator[Cluster]:
     with throwaway_cluster(FAST_TEST_SETTINGS) as cluster:
         yield cluster
+        # a backend that crashed during the suite is a bug even if no test noticed it
+        log = cluster.logfile.read_text(errors="replace") if cluster.logfile.exists() else ""
+        crashes = [line for line in log.splitlines() if "terminated by signal" in line]
+        assert not crashes, "PostgreSQL backends crashed during the tests:\n" + "\n".join(crashes)
 
 
 @dataclass

@@ -5,6 +5,8 @@ with real clients, real NOTIFY, and two proxies sharing one database."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -160,14 +162,20 @@ def test_self_approval_and_non_approvers_are_refused(approver: Database,
 def test_client_disconnect_while_held_cancels_and_runs_nothing(
     approver: Database, held_proxy: RunningProxy
 ) -> None:
-    conn = held_proxy.connect("agent-7", "billing", clinic_id=1)
-    thread, _ = _in_thread(lambda: conn.execute(UPDATE_ALL))
-    wait_for(lambda: _pending(approver))
-    conn.pgconn.finish()  # the agent's process dies
+    # the agent is a separate process (psql) that dies while its statement is held
+    env = {**os.environ, "PGPASSWORD": held_proxy.token("agent-7", "billing", clinic_id=1)}
+    agent = subprocess.Popen(
+        ["psql", "-X", "-h", "127.0.0.1", "-p", str(held_proxy.port), "-U", "agent-7",
+         "-d", held_proxy.database, "-c", UPDATE_ALL],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: _pending(approver)), "the statement was not held"
+    finally:
+        agent.kill()
+        agent.wait(10)
     status = wait_for(lambda: approver.execute(
         "SELECT status FROM audit.approvals WHERE status <> 'pending'"))
     assert status == [("cancelled",)]
-    thread.join(10)
     assert approver.execute("SELECT count(*) FROM public.claims WHERE status = 'reviewed'") == \
         [(0,)]
 
