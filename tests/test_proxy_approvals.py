@@ -314,3 +314,22 @@ def test_a_forged_notification_releases_nothing(approver: Database,
         assert isinstance(result.get("error"), psycopg.errors.InsufficientPrivilege)
     assert approver.execute("SELECT count(*) FROM public.claims WHERE status = 'reviewed'") == \
         [(0,)]
+
+
+def test_psql_hold_approve_run(approver: Database, held_proxy: RunningProxy) -> None:
+    env = {**os.environ, "PGPASSWORD": held_proxy.token("agent-7", "billing", clinic_id=1)}
+    agent = subprocess.Popen(
+        ["psql", "-X", "-h", "127.0.0.1", "-p", str(held_proxy.port), "-U", "agent-7",
+         "-d", held_proxy.database, "-c", UPDATE_ALL],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _decide(approver, "approve") == "approved"
+        out, err = agent.communicate(timeout=30)
+    finally:
+        agent.kill()
+    assert out.startswith("UPDATE "), (out, err)
+    assert "approval request" in err  # the NOTICE psql shows while it waits
+    decisions = wait_for(lambda: len(approver.execute(
+        "SELECT 1 FROM audit.statements WHERE approval_id IS NOT NULL")) >= 2 and approver.execute(
+        "SELECT decision FROM audit.statements WHERE approval_id IS NOT NULL ORDER BY id"))
+    assert [r[0] for r in decisions] == ["held", "approved"]
