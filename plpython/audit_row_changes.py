@@ -7,7 +7,9 @@
 #   TD["args"][0]  JSON list of primary-key columns (pairs old/new rows of an UPDATE)
 #   TD["args"][1]  JSON list of PHI columns to hash
 # The statement text is cached per (table, event) in SD; the plan is prepared per call because
-# transition tables only exist while this trigger runs.
+# transition tables only exist while this trigger runs. Everything per row is plain SQL the
+# planner can inline (the HMAC is two sha256() calls with the key joined once); the session's
+# identity is looked up once per statement (scalar subqueries become InitPlans).
 import json
 
 event = TD["event"]
@@ -33,18 +35,31 @@ if cached is None:
             "SELECT to_jsonb(o) AS o, NULL::jsonb AS n FROM policyc_old o "
             "UNION ALL SELECT NULL::jsonb, to_jsonb(n) FROM policyc_new n"
         )
+    phi_columns = json.loads(TD["args"][1])
+
+    def hashed(row):
+        if not phi_columns:
+            return "c.%s" % row
+        pairs = ", ".join(
+            "%s, policyc.hmac_hex(k.ipad, k.opad, c.%s ->> %s)"
+            % (plpy.quote_literal(col), row, plpy.quote_literal(col))
+            for col in phi_columns
+        )
+        return "CASE WHEN c.%s IS NULL THEN NULL ELSE c.%s || jsonb_build_object(%s) END" % (
+            row, row, pairs)
+
     text = (
         "INSERT INTO audit.row_changes "
         "(table_name, operation, txid, session_id, agent, db_user, old_row, new_row) "
-        "SELECT $1, $2, pg_catalog.pg_current_xact_id(), policyc.session_id(), policyc.agent(), "
-        "session_user, policyc._hash_phi(c.o, $3), policyc._hash_phi(c.n, $3) "
-        "FROM (" + source + ") c"
+        "SELECT $1, $2, pg_catalog.pg_current_xact_id(), (SELECT policyc.session_id()), "
+        "(SELECT policyc.agent()), session_user, " + hashed("o") + ", " + hashed("n") + " "
+        "FROM (" + source + ") c LEFT JOIN policyc.hmac_key k ON k.id = 1"
     )
     table_name = "%s.%s" % (TD["table_schema"], TD["table_name"])
-    cached = (text, table_name, json.loads(TD["args"][1]))
+    cached = (text, table_name)
     SD[cache_key] = cached
 
-text, table_name, phi_columns = cached
-plan = plpy.prepare(text, ["text", "text", "text[]"])
-plpy.execute(plan, [table_name, event, phi_columns])
+text, table_name = cached
+plan = plpy.prepare(text, ["text", "text"])
+plpy.execute(plan, [table_name, event])
 return None
