@@ -19,6 +19,8 @@ class Decision:
     classification: Classification
     verdicts: tuple[Verdict, ...]
     fingerprint: str
+    # per statement, what its audit record says: (kind, tables, PHI columns), computed once
+    audit_fields: tuple[tuple[str | None, tuple[str, ...], tuple[str, ...]], ...] = ()
 
     @property
     def blocked_index(self) -> int | None:
@@ -50,7 +52,14 @@ class Decider:
             print_ = fingerprint(sql)
         else:  # do not parse refused text again
             print_ = "text:" + hashlib.sha256(sql.encode("utf-8", "replace")).hexdigest()[:32]
-        decision = Decision(classification, verdicts, print_)
+        statements = classification.statements
+        fields = tuple(
+            (statements[i].kind if i < len(statements) else None,
+             tuple(sorted(str(t) for t in verdict.tables)),
+             tuple(sorted(str(c) for c in verdict.phi_columns)))
+            for i, verdict in enumerate(verdicts)
+        )
+        decision = Decision(classification, verdicts, print_, fields)
         if len(sql) <= 16_384:
             self._cache[key] = decision
             if len(self._cache) > self._maxsize:

@@ -268,13 +268,8 @@ class Session:
         fingerprint = None
         if decision is not None:
             fingerprint = decision.fingerprint
-            if index is not None and index < len(decision.verdicts):
-                verdict = decision.verdicts[index]
-                tables = tuple(sorted(str(t) for t in verdict.tables))
-                phi = tuple(sorted(str(c) for c in verdict.phi_columns))
-                statements = decision.classification.statements
-                if index < len(statements):
-                    kind = statements[index].kind
+            if index is not None and index < len(decision.audit_fields):
+                kind, tables, phi = decision.audit_fields[index]
         if len(text) > MAX_AUDIT_TEXT:
             text = text[:MAX_AUDIT_TEXT]
             reason = (reason + "; " if reason else "") + "statement text truncated in the record"
