@@ -12,7 +12,6 @@ import contextlib
 import hmac
 import logging
 import secrets
-import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -355,8 +354,3 @@ def _send_and_close(writer: asyncio.StreamWriter, data: bytes) -> None:
         writer.write(data)
         writer.close()
 
-
-def make_ssl_context(cert: str, key: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return context

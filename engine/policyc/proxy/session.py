@@ -160,9 +160,7 @@ class Session:
     expected: deque[Expect] = field(default_factory=deque)
     prepared: dict[str, Prepared] = field(default_factory=dict)
     portals: dict[str, Portal] = field(default_factory=dict)
-    sql_prepared: dict[str, Decision] = field(default_factory=dict)
     transaction_status: str = "I"
-    in_error: bool = False
     end_reason: str = "client closed the connection"
     _error_sqlstate: str | None = None
     _batch_units: list[Unit] = field(default_factory=list)
@@ -378,7 +376,6 @@ class Session:
                                       approval_id=approval_id)
                 self.expected.append(
                     Expect("stmt", self._unit(record, durable, decision, approval_key=[sql])))
-            self._remember_sql_prepare(decision)
             out.append(frame.raw)
             self.expected.append(Expect("sync"))
             return
@@ -418,12 +415,6 @@ class Session:
     def _verdict_for(decision: Decision, index: int) -> str:
         verdict = decision.verdicts[index].decision
         return "masked" if verdict == "masked" else "allowed"
-
-    def _remember_sql_prepare(self, decision: Decision) -> None:
-        """SQL-level PREPARE name AS ...: EXECUTE name later inherits what was touched."""
-        for info in decision.classification.statements:
-            if info.kind == "prepare" and info.name:
-                self.sql_prepared[info.name] = decision
 
     def _on_parse(self, frame: Frame, out: list[bytes], durable: list[Any]) -> None:
         message = decode_frontend(frame)
@@ -737,7 +728,6 @@ class Session:
                     out.append(frame.raw)
                 if head is not None:
                     self._finish(head, sqlstate=sqlstate)
-                self.in_error = True
                 self._error_sqlstate = sqlstate
             elif kind == b"Z":
                 while expected:
@@ -746,7 +736,6 @@ class Session:
                         break
                     self._finish(expect, sqlstate=self._error_sqlstate,
                                  note="not run: an earlier message in the pipeline failed")
-                self.in_error = False
                 self.transaction_status = chr(frame.raw[5])
                 out.append(frame.raw)
             elif kind == b"t":
