@@ -4,6 +4,7 @@ fail closed when the spool fills, idempotent drain into a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from policyc.proxy.spool import Spool, segment_name
 
 T = TypeVar("T")
 SESSION = uuid.UUID("00000000-0000-4000-8000-000000000001")
+_seqs = itertools.count(1)
 
 
 def dead_dsn() -> str:
@@ -40,7 +42,8 @@ def dead_dsn() -> str:
 
 def stmt(text: str = "SELECT 1", **kw: Any) -> StatementRecord:
     fields: dict[str, Any] = {
-        "record_id": uuid.uuid4(), "session_id": SESSION, "at": time.time(),
+        "record_id": uuid.uuid4(), "session_id": SESSION, "seq": next(_seqs),
+        "at": time.time(),
         "agent": "agent-7", "group": "billing", "text": text, "decision": "allowed",
     }
     fields.update(kw)
@@ -81,13 +84,14 @@ def lines_on_disk(spool: Path) -> list[dict[str, Any]]:
 
 def statements(db: Database) -> dict[str, dict[str, Any]]:
     rows = db.execute(
-        "SELECT record_id::text, session_id::text, extract(epoch FROM at)::float8, agent, "
+        "SELECT record_id::text, session_id::text, seq, extract(epoch FROM at)::float8, agent, "
         "group_name, statement, parameters, fingerprint, kind, tables, phi_columns, decision, "
-        "reason, rows, duration_ms, sqlstate, result_digest, approval_id FROM audit.statements"
+        "reason, rows, duration_ms, sqlstate, result_digest, result, approval_id "
+        "FROM audit.statements"
     )
-    keys = ("record_id", "session_id", "at", "agent", "group_name", "statement", "parameters",
-            "fingerprint", "kind", "tables", "phi_columns", "decision", "reason", "rows",
-            "duration_ms", "sqlstate", "result_digest", "approval_id")
+    keys = ("record_id", "session_id", "seq", "at", "agent", "group_name", "statement",
+            "parameters", "fingerprint", "kind", "tables", "phi_columns", "decision", "reason",
+            "rows", "duration_ms", "sqlstate", "result_digest", "result", "approval_id")
     return {r[0]: dict(zip(keys, r, strict=True)) for r in rows}
 
 
@@ -102,7 +106,7 @@ def test_begin_is_durable_before_returning(tmp_path: Path) -> None:
     on_disk = with_log(dead_dsn(), tmp_path, body, crash=True)
     assert on_disk == [{
         "e": "begin", "record_id": str(rec.record_id), "session_id": str(SESSION),
-        "at": rec.at, "agent": "agent-7", "group": "billing", "text": rec.text,
+        "seq": rec.seq, "at": rec.at, "agent": "agent-7", "group": "billing", "text": rec.text,
         "decision": "allowed", "parameters": ["42"], "fingerprint": None, "kind": None,
         "tables": [], "phi_columns": [], "reason": None, "approval_id": None,
     }]
@@ -171,7 +175,7 @@ def test_drained_rows_match_the_records_and_replay_is_idempotent(
         stmt("UPDATE claims SET status = 'x' WHERE id = 1", decision="approved", approval_id=12),
     ]
     outs = [
-        outcome(recs[0], rows=1, result_digest="ab" * 32),
+        outcome(recs[0], rows=1, result_digest="ab" * 32, result=b"\x00kept\xff" * 3),
         outcome(recs[1], rows=None, duration_ms=0.0, sqlstate="42501"),
         outcome(recs[2], rows=1, note="approved by analyst"),
     ]
@@ -201,13 +205,14 @@ def test_drained_rows_match_the_records_and_replay_is_idempotent(
         assert row["at"] == pytest.approx(rec.at, abs=1e-6)
         assert row == {
             "record_id": str(rec.record_id), "session_id": str(rec.session_id),
-            "at": row["at"], "agent": rec.agent, "group_name": rec.group,
+            "seq": rec.seq, "at": row["at"], "agent": rec.agent, "group_name": rec.group,
             "statement": rec.text, "parameters": rec.parameters,
             "fingerprint": rec.fingerprint, "kind": rec.kind, "tables": list(rec.tables),
             "phi_columns": list(rec.phi_columns), "decision": rec.decision,
             "reason": "; ".join(r for r in (rec.reason, out.note) if r) or None,
             "rows": out.rows, "duration_ms": out.duration_ms, "sqlstate": out.sqlstate,
-            "result_digest": out.result_digest, "approval_id": rec.approval_id,
+            "result_digest": out.result_digest, "result": out.result,
+            "approval_id": rec.approval_id,
         }
     # the same spool recovered again (a crash after commit, before deletion): no duplicates
     replay = with_log(dsn, tmp_path / "copy", drain)
@@ -226,8 +231,9 @@ async def main():
     log = AuditLog(sys.argv[1], Path(sys.argv[2]), proxy_name="crasher")
     await log.start()
     ids = [uuid.UUID(x) for x in sys.argv[3:5]]
-    for rid in ids:
-        await log.begin_statement(StatementRecord(rid, uuid.uuid4(), time.time(), "agent-7",
+    session = uuid.UUID(sys.argv[5])
+    for seq, rid in enumerate(ids, start=1):
+        await log.begin_statement(StatementRecord(rid, session, seq, time.time(), "agent-7",
                                                   "billing", "SELECT 1", "allowed"))
     log.finish_statement(StatementOutcome(ids[1], 5, 2.5))
     await asyncio.sleep(0.05)  # the end line is written with the next batch
@@ -239,10 +245,10 @@ asyncio.run(main())
 
 def test_crash_recovery_records_unfinished_statements(
         applied_clinic: Database, tmp_path: Path) -> None:
-    unfinished, finished = uuid.uuid4(), uuid.uuid4()
+    unfinished, finished, session_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     proc = subprocess.run(
         [sys.executable, "-c", CRASHER, dead_dsn(), str(tmp_path), str(unfinished),
-         str(finished)],
+         str(finished), str(session_id)],
         env={**os.environ, "PYTHONPATH": str(ROOT / "engine")}, capture_output=True,
         timeout=30, check=False,
     )
@@ -259,6 +265,9 @@ def test_crash_recovery_records_unfinished_statements(
     assert rows[str(unfinished)]["rows"] is None
     assert (rows[str(finished)]["reason"], rows[str(finished)]["rows"],
             rows[str(finished)]["duration_ms"]) == (None, 5, 2.5)
+    # the seqs the crashed session assigned travel in the spool and survive the crash
+    assert (rows[str(unfinished)]["seq"], rows[str(finished)]["seq"]) == (1, 2)
+    assert {r["session_id"] for r in rows.values()} == {str(session_id)}
 
 
 def test_database_down_fails_closed_when_the_spool_is_full_then_drains(
@@ -350,16 +359,16 @@ def test_open_and_end_session_register_and_unregister_the_backend(
 
         async def open_and_end(log: AuditLog) -> None:
             await log.open_session(rec2, pid)  # this process registered the pid
-            log.end_session(SessionEnd(rec2.session_id, time.time(), "client closed"), pid)
-            log.end_session(SessionEnd(rec2.session_id, time.time(), "again"), pid)
+            log.end_session(SessionEnd(rec2.session_id, time.time(), "client closed", 1), pid)
+            log.end_session(SessionEnd(rec2.session_id, time.time(), "again", 5), pid)
             assert await log.flush()
 
         rec2 = session()
         with_log(applied_clinic.dsn_as("policyc_proxy"), tmp_path, open_and_end)
         assert backend.execute("SELECT policyc.agent()").fetchone() == (None,)
     assert applied_clinic.execute(
-        "SELECT outcome, end_reason, ended_at IS NOT NULL FROM audit.sessions "
-        "WHERE session_id = %s", (rec2.session_id,)) == [("closed", "client closed", True)]
+        "SELECT outcome, end_reason, ended_at IS NOT NULL, end_seq FROM audit.sessions "
+        "WHERE session_id = %s", (rec2.session_id,)) == [("closed", "client closed", True, 1)]
 
 
 def test_session_record_failures(applied_clinic: Database, tmp_path: Path) -> None:
@@ -430,3 +439,83 @@ def test_a_row_the_database_rejects_is_quarantined_not_lost(
     assert with_log(dsn, tmp_path, restart)["quarantined"] == 1
     assert str(bad.record_id) in caplog.text and "22003" in caplog.text
     assert "Lovelace" not in caplog.text and "900-00" not in caplog.text
+
+
+def test_drainer_keeps_partitions_ahead_and_seals_what_it_drained(
+        applied_clinic: Database, tmp_path: Path) -> None:
+    """Seqs 0 (session), 1..n (statements) and end_seq form one gapless chain, which the
+    proxy's own checkpoints seal; the last checkpoint comes with close()."""
+    rec = session()
+    recs = [stmt(f"SELECT {i}", session_id=rec.session_id, seq=i) for i in (1, 2, 3)]
+
+    async def body(log: AuditLog) -> dict[str, int]:
+        await log.open_session(rec, None)
+        for r in reversed(recs):  # arrival order does not matter, positions do
+            await log.record_statement(r, outcome(r))
+        assert await log.flush()
+        deadline = time.monotonic() + 5
+        while log.stats()["checkpoints"] < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        log.end_session(SessionEnd(rec.session_id, time.time(), "client closed", 4), None)
+        assert await log.flush()
+        return log.stats()
+
+    stats = with_log(applied_clinic.dsn_as("policyc_proxy"), tmp_path, body,
+                     checkpoint_interval=0.05)
+    assert stats["partition_runs"] == 1 and stats["checkpoints"] >= 1
+    assert stats["upkeep_errors"] == 0
+    chain = str(rec.session_id)
+    # the seal checkpoints cover the chain 0..4 without a gap; the end element (closed after
+    # the last periodic checkpoint) was sealed by close()
+    ranges = applied_clinic.execute(
+        "SELECT (entries -> %s ->> 0)::bigint, (entries -> %s ->> 1)::bigint "
+        "FROM audit.checkpoints WHERE kind = 'seal' AND entries ? %s ORDER BY id",
+        (chain, chain, chain))
+    assert len(ranges) >= 2 and ranges[0][0] == 0 and ranges[-1][1] == 4
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(ranges))
+    assert applied_clinic.execute(
+        "SELECT seq FROM audit.statements WHERE session_id = %s ORDER BY seq",
+        (rec.session_id,)) == [(1,), (2,), (3,)]
+    this_month = applied_clinic.execute(
+        "SELECT to_regclass(format('audit.statements_%s', to_char(now() AT TIME ZONE 'UTC', "
+        "'YYYY_MM'))) IS NOT NULL")
+    assert this_month == [(True,)]
+
+
+def test_upkeep_failures_are_logged_and_never_stop_statements(
+        applied_clinic: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    applied_clinic.execute(
+        "REVOKE EXECUTE ON FUNCTION audit.checkpoint(), "
+        "audit.ensure_partitions(timestamptz, timestamptz) FROM policyc_proxy")
+    rec = stmt("SELECT 'Ada Lovelace'")
+
+    async def body(log: AuditLog) -> dict[str, int]:
+        await log.record_statement(rec, outcome(rec))
+        assert await log.flush()
+        return log.stats()
+
+    stats = with_log(applied_clinic.dsn_as("policyc_proxy"), tmp_path, body,
+                     checkpoint_interval=0.01)
+    assert stats["statements_inserted"] == 1
+    assert stats["checkpoints"] == 0 and stats["partition_runs"] == 0
+    assert stats["upkeep_errors"] >= 2  # ensure_partitions, and the checkpoint at close
+    assert applied_clinic.execute("SELECT count(*) FROM audit.statements") == [(1,)]
+    assert "checkpoint failed (42501)" in caplog.text
+    assert "creating partitions ahead failed (42501)" in caplog.text
+    assert "Lovelace" not in caplog.text
+
+
+def test_a_record_queued_later_keeps_its_seq(applied_clinic: Database, tmp_path: Path) -> None:
+    """A statement whose record could not be made durable in time did not run; it is still
+    recorded (fire and forget) so its session's seqs have no gap."""
+    rec = stmt("SELECT 1", seq=41)
+
+    async def body(log: AuditLog) -> None:
+        log.record_statement_later(rec, StatementOutcome(
+            rec.record_id, None, None, "58030", note="not run: the audit trail was unavailable"))
+        assert await log.flush()
+
+    with_log(applied_clinic.dsn_as("policyc_proxy"), tmp_path, body)
+    row = statements(applied_clinic)[str(rec.record_id)]
+    assert (row["seq"], row["sqlstate"], row["reason"]) == (
+        41, "58030", "not run: the audit trail was unavailable")

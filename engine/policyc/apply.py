@@ -54,6 +54,10 @@ def _install_runtime(conn: psycopg.Connection[Any], plan: Plan) -> int:
             conn.execute(runtime.statements_text(script).encode())
             executed += 1
         via = "script"
+    # monthly audit partitions (runtime 0.3.0 on): created here, outside the extension script
+    if conn.execute("SELECT to_regprocedure('audit.ensure_partitions(timestamptz,timestamptz)')"
+                    " IS NOT NULL").fetchone() == (True,):
+        conn.execute("SELECT audit.ensure_partitions()")
     key = secrets.token_bytes(32).ljust(64, b"\x00")
     ipad = bytes(b ^ 0x36 for b in key)
     opad = bytes(b ^ 0x5C for b in key)

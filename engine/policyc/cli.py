@@ -1,7 +1,8 @@
 """The ``policyc`` command line: one entry point, ``main(argv) -> int``, tested in-process.
 
-Exit codes: 0 success; 1 an error (invalid policy, database mismatch, apply failure);
-2 ``plan --check`` found pending changes or drift; 64 bad command-line usage.
+Exit codes: 0 success; 1 an error (invalid policy, database mismatch, apply failure), or
+``audit verify`` found the trail broken; 2 ``plan --check`` found pending changes or drift;
+64 bad command-line usage.
 """
 
 from __future__ import annotations
@@ -256,6 +257,21 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument("--reason", required=True, help="why (kept in audit.approvals)")
         decide.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
         decide.set_defaults(func=func)
+
+    from policyc import replay as replay_cli
+
+    replay = sub.add_parser("replay", help="print a recorded session as a transcript "
+                            "(exit 1 when --verify finds a mismatch, 69 database unreachable)")
+    replay.add_argument("session_id", help="the session id (audit.sessions.session_id)")
+    replay.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    replay.add_argument("--json", action="store_true", help="one JSON document")
+    replay.add_argument("--verify", action="store_true",
+                        help="recompute kept results' digests and check the seqs are contiguous")
+    replay.set_defaults(func=replay_cli.cmd_replay)
+
+    from policyc import audittrail
+
+    audittrail.add_parser(sub)
 
     token = sub.add_parser("token", help="mint a development token (NOT for production)")
     token.add_argument("policy")

@@ -12,11 +12,20 @@ about as much as the fsync.  We still use the thread: inline, every session's so
 disks an fsync takes milliseconds.
 
 A drainer task pairs "begin" and "end" events and inserts finished statements in one
-``INSERT ... SELECT FROM jsonb_to_recordset($1) ON CONFLICT (record_id) DO NOTHING`` per
+``INSERT ... SELECT FROM jsonb_to_recordset($1) ON CONFLICT (record_id, at) DO NOTHING`` per
 batch, through the proxy's own connection (so an agent's rollback cannot erase them, and a
 replay after a crash never duplicates a row).  A segment file is deleted once it is not the
 current one and every event in it is in the database.  While the database is unreachable the
 spool grows; past ``max_spool_bytes`` new statements are refused (:class:`AuditUnavailable`).
+
+Each record carries its session's ``seq`` (assigned by the session, spooled in the begin
+event, so a recovered record keeps it) and, with ``results: full``, the result as sent
+(base64 in the end event); the database fills the hash chain itself.  A session's close sets
+``end_seq`` together with the rest of the close.  Upkeep on the drain connection:
+``audit.ensure_partitions()`` when the drainer starts and every six hours, and
+``audit.checkpoint()`` every ``checkpoint_interval`` seconds when something was drained since
+the last one, and once at ``close()`` after the last drain.  Their failures are logged
+(SQLSTATE only) and retried a minute later; they never hold up a statement.
 
 Known limits (by design):
 
@@ -39,6 +48,7 @@ Nothing here logs statement text, parameters or claims: only ids, counts and SQL
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import json
@@ -72,21 +82,23 @@ STALE_REASON: Final = "no outcome recorded"
 MAX_BATCH_PAYLOAD: Final = 16 << 20
 _DRAIN_TIMEOUT: Final = 30.0
 _MAX_BACKOFF: Final = 5.0
+PARTITIONS_EVERY: Final = 6 * 3600.0
+UPKEEP_RETRY: Final = 60.0
 
 INSERT_STATEMENTS: Final = """
-INSERT INTO audit.statements (record_id, session_id, at, agent, group_name, statement,
+INSERT INTO audit.statements (record_id, session_id, seq, at, agent, group_name, statement,
     parameters, fingerprint, kind, tables, phi_columns, decision, reason, rows, duration_ms,
-    sqlstate, result_digest, approval_id)
-SELECT r.record_id, r.session_id, to_timestamp(r.at), r.agent, r.group_name, r.statement,
+    sqlstate, result_digest, result, approval_id)
+SELECT r.record_id, r.session_id, r.seq, to_timestamp(r.at), r.agent, r.group_name, r.statement,
     r.parameters, r.fingerprint, r.kind, r.tables, r.phi_columns, r.decision, r.reason, r.rows,
-    r.duration_ms, r.sqlstate, r.result_digest, r.approval_id
+    r.duration_ms, r.sqlstate, r.result_digest, decode(r.result, 'base64'), r.approval_id
   FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (record_id uuid, session_id uuid,
-    at double precision, agent text, group_name text, statement text, parameters jsonb,
-    fingerprint text, kind text, tables text[], phi_columns text[], decision text, reason text,
-    rows bigint, duration_ms double precision, sqlstate text, result_digest text,
-    approval_id bigint)) WITH ORDINALITY AS r
+    seq bigint, at double precision, agent text, group_name text, statement text,
+    parameters jsonb, fingerprint text, kind text, tables text[], phi_columns text[],
+    decision text, reason text, rows bigint, duration_ms double precision, sqlstate text,
+    result_digest text, result text, approval_id bigint)) WITH ORDINALITY AS r
  ORDER BY r.ordinality
-ON CONFLICT (record_id) DO NOTHING
+ON CONFLICT (record_id, at) DO NOTHING
 """
 
 INSERT_SESSIONS: Final = """
@@ -99,16 +111,20 @@ SELECT r.session_id, to_timestamp(r.started_at), r.agent, r.group_name, r.oidc_g
     agent text, group_name text, oidc_groups text[], role_name name, claims jsonb,
     client_addr inet, client_port int, tls boolean, tls_version text, proxy text,
     outcome text, reason text)
-ON CONFLICT (session_id) DO NOTHING
+ON CONFLICT (session_id, started_at) DO NOTHING
 """
 
 CLOSE_SESSIONS: Final = """
 UPDATE audit.sessions s
-   SET ended_at = to_timestamp(r.ended_at), end_reason = r.reason, outcome = 'closed'
+   SET ended_at = to_timestamp(r.ended_at), end_reason = r.reason, outcome = 'closed',
+       end_seq = r.end_seq
   FROM jsonb_to_recordset(%s::jsonb) AS r(session_id uuid, ended_at double precision,
-    reason text)
+    reason text, end_seq bigint)
  WHERE s.session_id = r.session_id AND s.ended_at IS NULL AND s.outcome = 'open'
 """
+
+ENSURE_PARTITIONS: Final = "SELECT audit.ensure_partitions()"
+CHECKPOINT: Final = "SELECT audit.checkpoint()"
 
 REGISTER_SESSION: Final = "SELECT policyc.register_session(%s, %s, %s, %s, %s)"
 UNREGISTER_SESSIONS: Final = "SELECT policyc.unregister_session(p) FROM unnest(%s::int[]) AS p"
@@ -161,8 +177,9 @@ def begin_event(rec: StatementRecord) -> dict[str, Any]:
         raise ValueError(f"unknown audit decision {rec.decision!r}")
     return {
         "e": "begin", "record_id": str(rec.record_id), "session_id": str(rec.session_id),
-        "at": _finite(rec.at) or time.time(), "agent": rec.agent, "group": rec.group,
-        "text": rec.text, "decision": rec.decision, "parameters": rec.parameters,
+        "seq": rec.seq, "at": _finite(rec.at) or time.time(), "agent": rec.agent,
+        "group": rec.group, "text": rec.text, "decision": rec.decision,
+        "parameters": rec.parameters,
         "fingerprint": rec.fingerprint, "kind": rec.kind, "tables": list(rec.tables),
         "phi_columns": list(rec.phi_columns), "reason": rec.reason,
         "approval_id": rec.approval_id,
@@ -174,6 +191,8 @@ def end_event(outcome: StatementOutcome) -> dict[str, Any]:
         "e": "end", "record_id": str(outcome.record_id), "rows": outcome.rows,
         "duration_ms": _finite(outcome.duration_ms), "sqlstate": outcome.sqlstate,
         "result_digest": outcome.result_digest, "note": outcome.note,
+        "result": (None if outcome.result is None
+                   else base64.b64encode(outcome.result).decode("ascii")),
     }
 
 
@@ -202,14 +221,15 @@ def statement_row(begin: dict[str, Any], end: dict[str, Any] | None,
     reasons = [r for r in (begin.get("reason"), end.get("note"), note) if r]
     return {
         "record_id": begin.get("record_id"), "session_id": begin.get("session_id"),
-        "at": begin.get("at"), "agent": begin.get("agent"), "group_name": begin.get("group"),
+        "seq": begin.get("seq"), "at": begin.get("at"), "agent": begin.get("agent"),
+        "group_name": begin.get("group"),
         "statement": begin.get("text"), "parameters": begin.get("parameters"),
         "fingerprint": begin.get("fingerprint"), "kind": begin.get("kind"),
         "tables": begin.get("tables"), "phi_columns": begin.get("phi_columns"),
         "decision": begin.get("decision"), "reason": "; ".join(reasons) or None,
         "rows": end.get("rows"), "duration_ms": end.get("duration_ms"),
         "sqlstate": end.get("sqlstate"), "result_digest": end.get("result_digest"),
-        "approval_id": begin.get("approval_id"),
+        "result": end.get("result"), "approval_id": begin.get("approval_id"),
     }
 
 
@@ -252,7 +272,8 @@ class AuditLog:
     def __init__(self, conninfo: str, spool_dir: Path, *, proxy_name: str,
                  max_spool_bytes: int = 1 << 30, segment_bytes: int = 8 << 20,
                  drain_interval: float = 0.05, batch_size: int = 1000,
-                 db_timeout: float = 5.0, stale_after: float = 3600.0) -> None:
+                 db_timeout: float = 5.0, stale_after: float = 3600.0,
+                 checkpoint_interval: float = 60.0) -> None:
         self._conninfo = conninfo
         # the current segment is never deleted: keep it small next to the limit
         segment_bytes = max(4096, min(segment_bytes, max_spool_bytes // 8))
@@ -263,6 +284,7 @@ class AuditLog:
         self._batch_size = max(1, batch_size)
         self._db_timeout = db_timeout
         self._stale_after = stale_after
+        self._checkpoint_interval = max(0.0, checkpoint_interval)  # 0: only at close
         self._executor: ThreadPoolExecutor | None = None
         self._running = False
         self._closing = False
@@ -291,9 +313,14 @@ class AuditLog:
         self._draining = False
         self._full = False
         self._last_stale_check = 0.0
+        # upkeep (monotonic deadlines): partitions ahead of need, checkpoints sealing chains
+        self._next_partitions = 0.0
+        self._next_checkpoint = 0.0
+        self._dirty = False  # something drained since the last checkpoint
         self._counts = dict.fromkeys(
             ("spooled", "drained", "statements_inserted", "write_batches", "io_errors",
-             "full_refusals", "refused_dropped", "recovered_unfinished", "torn_lines"), 0)
+             "full_refusals", "refused_dropped", "recovered_unfinished", "torn_lines",
+             "checkpoints", "partition_runs", "upkeep_errors"), 0)
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -333,6 +360,8 @@ class AuditLog:
         self._recover_open(RECOVERED_REASON)
         if self._work or self._unregister:
             await self._drain_once()
+        if self._dirty and not self._outage:
+            await self._checkpoint()  # seal what this run drained
         await self._shutdown()
 
     async def abort(self) -> None:
@@ -393,6 +422,18 @@ class AuditLog:
         future = self._enqueue([begin_event(rec), end_event(outcome)], wait=True, limit=True)
         assert future is not None
         await future
+
+    def record_statement_later(self, rec: StatementRecord, outcome: StatementOutcome) -> None:
+        """Queue a statement that did not run because its record could not be made durable in
+        time: written with the next batch (retried while the spool fails, never refused for
+        size), so its session's seqs stay contiguous.  Never raises."""
+        if outcome.record_id != rec.record_id:
+            raise ValueError("outcome belongs to another record")
+        if not self._running or self._stopping:
+            log.warning("audit log is not running: record %s (seq %d) not recorded",
+                        rec.record_id, rec.seq)
+            return
+        self._enqueue([begin_event(rec), end_event(outcome)], wait=False, limit=False)
 
     # --- sessions -------------------------------------------------------------------------
     async def open_session(self, rec: SessionRecord, backend_pid: int | None) -> None:
@@ -467,7 +508,7 @@ class AuditLog:
         self._enqueue([{
             "e": "session_end", "session_id": str(end.session_id),
             "ended_at": _finite(end.ended_at) or time.time(), "reason": end.reason,
-            "pid": backend_pid,
+            "end_seq": end.end_seq, "pid": backend_pid,
         }], wait=False, limit=False)
 
     def stats(self) -> dict[str, int]:
@@ -591,7 +632,7 @@ class AuditLog:
             unregister = pid if live and isinstance(pid, int) and isinstance(sid, str) else None
             self._work.append(_Work("session_end", {
                 "session_id": sid, "ended_at": event.get("ended_at"),
-                "reason": event.get("reason"),
+                "reason": event.get("reason"), "end_seq": event.get("end_seq"),
             }, (segment,), size, unregister))
         else:
             # kept on disk for a human: never drained, never deleted
@@ -666,9 +707,49 @@ class AuditLog:
         """Drain all ready work; False when the database is unreachable."""
         self._draining = True
         try:
-            return await self._drain_all()
+            if time.monotonic() >= self._next_partitions:
+                await self._ensure_partitions()  # before inserting into them
+            drained = await self._drain_all()
+            if (drained and self._dirty and self._checkpoint_interval
+                    and time.monotonic() >= self._next_checkpoint):
+                await self._checkpoint()
+            return drained
         finally:
             self._draining = False
+
+    # --- upkeep -----------------------------------------------------------------------------
+    async def _ensure_partitions(self) -> None:
+        ok = await self._upkeep(ENSURE_PARTITIONS, "creating partitions ahead")
+        self._next_partitions = time.monotonic() + (PARTITIONS_EVERY if ok else UPKEEP_RETRY)
+        if ok:
+            self._counts["partition_runs"] += 1
+
+    async def _checkpoint(self) -> None:
+        ok = await self._upkeep(CHECKPOINT, "checkpoint")
+        interval = self._checkpoint_interval
+        retry = min(interval, UPKEEP_RETRY) if interval else UPKEEP_RETRY
+        self._next_checkpoint = time.monotonic() + (interval if ok else retry)
+        if ok:
+            self._dirty = False
+            self._counts["checkpoints"] += 1
+
+    async def _upkeep(self, sql: str, what: str) -> bool:
+        """Run one upkeep call on the drain connection; failures are logged, never raised."""
+        try:
+            conn = await self._connect_drain()
+            async with asyncio.timeout(_DRAIN_TIMEOUT):
+                await conn.execute(sql)
+            return True
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._counts["upkeep_errors"] += 1
+            log.warning("audit %s failed (%s); retrying later", what, _sqlstate(exc))
+            if not isinstance(exc, psycopg.DatabaseError) or isinstance(
+                    exc, psycopg.OperationalError):
+                dropped, self._drain_conn = self._drain_conn, None
+                if dropped is not None:
+                    with contextlib.suppress(Exception):
+                        await dropped.close()
+            return False
 
     async def _drain_all(self) -> bool:
         if not (self._work or self._unregister):
@@ -713,7 +794,7 @@ class AuditLog:
 
     async def _insert(self, conn: psycopg.AsyncConnection[Any], batch: list[_Work]) -> None:
         statements = sorted((w.row for w in batch if w.kind == "statement"),
-                            key=lambda r: r.get("at") or 0.0)
+                            key=lambda r: (r.get("at") or 0.0, r.get("seq") or 0))
         sessions = [w.row for w in batch if w.kind == "session"]
         # a session closes once: the first end recorded wins (UPDATE ... FROM would pick any)
         closes = list({w.row["session_id"]: w.row for w in reversed(batch)
@@ -747,6 +828,8 @@ class AuditLog:
                 self._complete([work])
 
     def _complete(self, batch: list[_Work]) -> None:
+        if batch:
+            self._dirty = True
         for work in batch:
             self._release(work.segments)
             if work.kind == "statement":

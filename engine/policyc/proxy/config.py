@@ -108,6 +108,7 @@ class ProxyConfig:
     max_statement_bytes: int = 1 << 20
     proxy_name: str = "policyc-proxy"
     login_timeout: float = 30.0
+    checkpoint_interval: float = 60.0  # seconds between audit.checkpoint() calls; 0: at close
 
     def server_ssl_context(self) -> ssl.SSLContext | None:
         if self.tls_cert is None:

@@ -37,17 +37,26 @@ class SessionRecord:
 
 @dataclass(frozen=True)
 class SessionEnd:
+    """A session's close; ``end_seq`` is one past the last statement seq the session assigned
+    (1 when it recorded no statement), so a verifier can tell a removed trailing record."""
+
     session_id: uuid.UUID
     ended_at: float
     reason: str
+    end_seq: int
 
 
 @dataclass(frozen=True)
 class StatementRecord:
-    """One statement as decided, written (durably) before anything is sent upstream."""
+    """One statement as decided, written (durably) before anything is sent upstream.
+
+    ``seq`` numbers the session's records 1, 2, 3, ... in the order the session creates them
+    (the session row is 0 of its chain); a number is never skipped nor reused.
+    """
 
     record_id: uuid.UUID
     session_id: uuid.UUID
+    seq: int
     at: float
     agent: str
     group: str
@@ -64,7 +73,9 @@ class StatementRecord:
 
 @dataclass(frozen=True)
 class StatementOutcome:
-    """How a recorded statement ended: rows sent or affected, time, error, result digest."""
+    """How a recorded statement ended: rows sent or affected, time, error, result digest, and
+    with ``results: full`` the result as sent (``result``: zlib-compressed wire frames, see
+    :mod:`policyc.proxy.results`)."""
 
     record_id: uuid.UUID
     rows: int | None
@@ -72,3 +83,4 @@ class StatementOutcome:
     sqlstate: str | None = None
     result_digest: str | None = None
     note: str | None = None
+    result: bytes | None = None

@@ -102,7 +102,8 @@ class ProxyServer:
             self.decider = Decider(policy, self.config.max_statement_bytes)
         if self.audit is None:
             self.audit = AuditLog(self.config.upstream.conninfo(), self.config.spool_dir,
-                                  proxy_name=self.config.proxy_name)
+                                  proxy_name=self.config.proxy_name,
+                                  checkpoint_interval=self.config.checkpoint_interval)
             await self.audit.start()
         if self.approvals is None and policy.approvals.approvers:
             self.approvals = ApprovalBroker(self.config.upstream.conninfo(),
@@ -324,7 +325,9 @@ class ProxyServer:
         session = Session(session_id=session_id, identity=identity, group=group,
                           decider=self.decider, audit=self.audit, upstream=upstream,
                           client_reader=reader, client_writer=writer, client_framer=framer,
-                          results=self.config.policy.audit.results, approvals=self.approvals,
+                          results=self.config.policy.audit.results,
+                          results_limit=self.config.policy.audit.results_limit_bytes,
+                          approvals=self.approvals,
                           hold_seconds=self.config.policy.approvals.hold_seconds,
                           valid_for_seconds=self.config.policy.approvals.valid_for_seconds)
         self.sessions[proxy_pid] = _Live(session, proxy_key, upstream.backend_pid,

@@ -24,11 +24,13 @@ import struct
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from policyc.identity import AgentIdentity
 from policyc.policy.model import Group, ResultRecording
+from policyc.proxy.auditlog import AuditUnavailable
 from policyc.proxy.codec import (
     Bind,
     Close,
@@ -49,6 +51,7 @@ from policyc.proxy.codec import (
 from policyc.proxy.codec.backend import command_rows
 from policyc.proxy.decide import Decider, Decision
 from policyc.proxy.records import SessionEnd, StatementOutcome, StatementRecord
+from policyc.proxy.results import ResultBudget, ResultCapture, not_kept_reason, with_formats
 from policyc.proxy.upstream import UpstreamSession
 
 log = logging.getLogger("policyc.proxy")
@@ -64,6 +67,8 @@ class AuditSink(Protocol):
     async def begin_statement(self, rec: StatementRecord) -> None: ...
     def finish_statement(self, outcome: StatementOutcome) -> None: ...
     async def record_statement(self, rec: StatementRecord, outcome: StatementOutcome) -> None: ...
+    def record_statement_later(self, rec: StatementRecord,
+                               outcome: StatementOutcome) -> None: ...
     def end_session(self, end: SessionEnd, backend_pid: int | None) -> None: ...
 
 
@@ -84,6 +89,9 @@ class Unit:
     overflow: bool = False
     parameters: list[str | None] | None = None
     decision: Decision | None = None
+    capture: ResultCapture | None = None  # results: full
+    header: bytes | None = None  # the RowDescription / CopyOutResponse of its own response
+    portal: Portal | None = None  # extended protocol: where a described header may be
 
 
 @dataclass
@@ -94,6 +102,7 @@ class Expect:
     unit: Unit | None = None
     rewrite: tuple[str, str] | None = None  # (sqlstate, message) replacing the server's error
     prepared: Prepared | None = None  # for Describe of a statement: learns parameter types
+    portal: Portal | None = None  # for Describe of a portal: learns its RowDescription
     explain: asyncio.Future[int | None] | None = None  # an in-band EXPLAIN the proxy asked
     explain_rows: int | None = None
 
@@ -104,12 +113,15 @@ class Prepared:
     decision: Decision | None
     refused: tuple[str, str] | None = None  # (sqlstate, message) when the statement must not run
     param_types: tuple[int, ...] = ()
+    row_description: bytes | None = None  # results: full, from a Describe of the statement
 
 
 @dataclass
 class Portal:
     prepared: Prepared
     parameters: list[str | None]
+    result_formats: tuple[int, ...] = ()
+    row_description: bytes | None = None  # results: full, from a Describe of the portal
 
 
 _BINARY_DECODERS: dict[int, Any] = {
@@ -156,6 +168,7 @@ class Session:
     client_writer: asyncio.StreamWriter
     client_framer: FrontendFramer
     results: ResultRecording = ResultRecording.DIGEST
+    results_limit: int = 16 << 20  # uncompressed result bytes kept per session (results: full)
     clock: Any = time.time
     expected: deque[Expect] = field(default_factory=deque)
     prepared: dict[str, Prepared] = field(default_factory=dict)
@@ -169,6 +182,11 @@ class Session:
     valid_for_seconds: int = 3600
     _stash: bytearray = field(default_factory=bytearray)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
+    _seq: int = 0  # the last statement seq this session assigned
+    _budget: ResultBudget | None = None
+
+    def __post_init__(self) -> None:
+        self._budget = ResultBudget(self.results_limit)
 
     # ---- client side -------------------------------------------------------------------
 
@@ -191,53 +209,62 @@ class Session:
     async def _handle_client_frames(self, frames: list[Frame]) -> None:
         out: list[bytes] = []
         durable: list[Any] = []
-        for frame in frames:
-            kind = frame.type
-            if kind == b"X":
-                self.end_reason = "client terminated the session"
-                raise SessionClosed
-            if kind in (b"Q", b"P", b"E", b"F"):
-                self._check_token()
-            if kind == b"Q":
-                await self._on_query(frame, out, durable)
-            elif kind == b"P":
-                self._on_parse(frame, out, durable)
-            elif kind == b"B":
-                self._on_bind(frame, out)
-            elif kind == b"E":
-                await self._on_execute(frame, out, durable)
-            elif kind == b"D":
-                out.append(frame.raw)
-                message = decode_frontend(frame)
-                target = (self.prepared.get(message.name)
-                          if isinstance(message, Describe) and message.kind == "S" else None)
-                self.expected.append(Expect("describe", prepared=target))
-            elif kind == b"C":
-                message = decode_frontend(frame)
-                assert isinstance(message, Close)
-                if message.kind == "S":
-                    self.prepared.pop(message.name, None)
+        try:
+            for frame in frames:
+                kind = frame.type
+                if kind == b"X":
+                    self.end_reason = "client terminated the session"
+                    raise SessionClosed
+                if kind in (b"Q", b"P", b"E", b"F"):
+                    self._check_token()
+                if kind == b"Q":
+                    await self._on_query(frame, out, durable)
+                elif kind == b"P":
+                    self._on_parse(frame, out, durable)
+                elif kind == b"B":
+                    self._on_bind(frame, out)
+                elif kind == b"E":
+                    await self._on_execute(frame, out, durable)
+                elif kind == b"D":
+                    out.append(frame.raw)
+                    message = decode_frontend(frame)
+                    assert isinstance(message, Describe)
+                    target = self.prepared.get(message.name) if message.kind == "S" else None
+                    portal = self.portals.get(message.name) if message.kind == "P" else None
+                    self.expected.append(Expect("describe", prepared=target, portal=portal))
+                elif kind == b"C":
+                    message = decode_frontend(frame)
+                    assert isinstance(message, Close)
+                    if message.kind == "S":
+                        self.prepared.pop(message.name, None)
+                    else:
+                        self.portals.pop(message.name, None)
+                    out.append(frame.raw)
+                    self.expected.append(Expect("close"))
+                elif kind == b"S":
+                    out.append(frame.raw)
+                    self.expected.append(Expect("sync"))
+                elif kind in (b"H", b"d", b"c", b"f"):
+                    out.append(frame.raw)
+                elif kind == b"F":
+                    self._refuse_simple("function calls (the FunctionCall message) are not allowed",
+                                        BLOCKED_SQLSTATE, out, durable, text="<FunctionCall>")
                 else:
-                    self.portals.pop(message.name, None)
-                out.append(frame.raw)
-                self.expected.append(Expect("close"))
-            elif kind == b"S":
-                out.append(frame.raw)
-                self.expected.append(Expect("sync"))
-            elif kind in (b"H", b"d", b"c", b"f"):
-                out.append(frame.raw)
-            elif kind == b"F":
-                self._refuse_simple("function calls (the FunctionCall message) are not allowed",
-                                    BLOCKED_SQLSTATE, out, durable, text="<FunctionCall>")
-            else:
-                raise ProtocolViolation(f"unexpected message type {kind!r} from the client")
+                    raise ProtocolViolation(f"unexpected message type {kind!r} from the client")
+        except Exception:
+            if durable:
+                # their seqs are taken: write them (nothing of this batch went upstream; the
+                # session's end notes they did not complete) so the seqs keep no gap
+                await asyncio.gather(*durable, return_exceptions=True)
+            raise
         await self._flush(out, durable)
 
     async def _flush(self, out: list[bytes], durable: list[Any]) -> None:
         if durable:
             # fail closed: nothing goes upstream until every record of this batch is durable
-            await asyncio.gather(*durable)
+            pending = list(durable)
             durable.clear()
+            await asyncio.gather(*pending)
         if out:
             now = self.clock()
             for unit in self._batch_units:
@@ -271,8 +298,9 @@ class Session:
         if len(text) > MAX_AUDIT_TEXT:
             text = text[:MAX_AUDIT_TEXT]
             reason = (reason + "; " if reason else "") + "statement text truncated in the record"
+        self._seq += 1  # assigned now, whatever becomes of the record: never skipped
         return StatementRecord(
-            record_id=uuid.uuid4(), session_id=self.session_id, at=self.clock(),
+            record_id=uuid.uuid4(), session_id=self.session_id, seq=self._seq, at=self.clock(),
             agent=self.identity.subject, group=self.group.name, text=text,
             decision=verdict_decision, parameters=parameters, fingerprint=fingerprint,
             kind=kind, tables=tables, phi_columns=phi, reason=reason, approval_id=approval_id,
@@ -297,8 +325,32 @@ class Session:
         self._batch_units.append(unit)
         if self.results is not ResultRecording.NONE:
             unit.digest = hashlib.sha256()
-        durable.append(self.audit.begin_statement(record))
+            if self.results is ResultRecording.FULL:
+                assert self._budget is not None
+                unit.capture = ResultCapture(self._budget)
+        durable.append(self._durable(record))
         return unit
+
+    def _durable(self, record: StatementRecord,
+                 outcome: StatementOutcome | None = None) -> Awaitable[None]:
+        """Make ``record`` durable: its begin, or begin and outcome for a statement that never
+        reaches the database."""
+        return self._write_record(record, outcome)
+
+    async def _write_record(self, record: StatementRecord,
+                            outcome: StatementOutcome | None) -> None:
+        try:
+            if outcome is None:
+                await self.audit.begin_statement(record)
+            else:
+                await self.audit.record_statement(record, outcome)
+        except AuditUnavailable as exc:
+            # the statement will not run and the session ends; the record (its seq) is still
+            # queued, as not run, so the session's seqs stay contiguous
+            self.audit.record_statement_later(record, StatementOutcome(
+                record.record_id, None, None, AuditUnavailable.sqlstate,
+                note=f"not run: the audit trail was unavailable ({exc.why})"))
+            raise
 
     def _refusal(self, decision: Decision, index: int) -> tuple[str, str]:
         verdict = decision.verdicts[index]
@@ -315,7 +367,7 @@ class Session:
     def _refuse_simple(self, message: str, sqlstate: str, out: list[bytes], durable: list[Any],
                        text: str) -> None:
         record = self._record(text, None, None, "blocked", reason=message)
-        durable.append(self.audit.record_statement(
+        durable.append(self._durable(
             record, StatementOutcome(record.record_id, None, 0.0, sqlstate)))
         out.append(Query(POISON_QUERY).encode())
         self.expected.append(Expect("stmt", rewrite=(sqlstate, message)))
@@ -332,7 +384,7 @@ class Session:
             sqlstate = verdict.sqlstate or BLOCKED_SQLSTATE
             text = f"policyc: statement refused: {verdict.reason}"
             record = self._record(sql, decision, 0, "blocked", reason=verdict.reason)
-            durable.append(self.audit.record_statement(
+            durable.append(self._durable(
                 record, StatementOutcome(record.record_id, None, 0.0, sqlstate)))
             out.append(Query(POISON_QUERY).encode())
             self.expected.append(Expect("stmt", rewrite=(sqlstate, text)))
@@ -398,13 +450,13 @@ class Session:
             elif index == stop:
                 record = self._record(info.text, decision, index, "blocked",
                                       reason=verdict.reason or text)
-                durable.append(self.audit.record_statement(
+                durable.append(self._durable(
                     record, StatementOutcome(record.record_id, None, 0.0, sqlstate)))
             else:
                 record = self._record(
                     info.text, decision, index, self._verdict_for(decision, index),
                     reason="not run: an earlier statement in the same query was refused")
-                durable.append(self.audit.record_statement(
+                durable.append(self._durable(
                     record, StatementOutcome(record.record_id, None, None, None)))
         texts.append(POISON_QUERY)
         out.append(Query(";\n".join(texts)).encode())
@@ -433,7 +485,7 @@ class Session:
                 refusal = self._refusal(decision, index)
             record = self._record(message.sql, decision, index, "blocked",
                                   reason=decision.verdicts[index].reason)
-            durable.append(self.audit.record_statement(
+            durable.append(self._durable(
                 record, StatementOutcome(record.record_id, None, 0.0, refusal[0])))
             self.prepared[message.name] = Prepared(message.sql, decision, refusal)
             out.append(Parse(message.name, POISON_PARSE, ()).encode())
@@ -461,7 +513,7 @@ class Session:
             _param_text(value, message.param_format(i) == 1, types[i] if i < len(types) else 0)
             for i, value in enumerate(message.params)
         ]
-        self.portals[message.portal] = Portal(prepared, parameters)
+        self.portals[message.portal] = Portal(prepared, parameters, message.result_formats)
         out.append(frame.raw)
         self.expected.append(Expect("bind"))
 
@@ -493,7 +545,9 @@ class Session:
         record = self._record(prepared.sql, decision, 0, verdict,
                               parameters=portal.parameters or None, approval_id=approval_id)
         out.append(frame.raw)
-        self.expected.append(Expect("execute", self._unit(record, durable, decision)))
+        unit = self._unit(record, durable, decision)
+        unit.portal = portal
+        self.expected.append(Expect("execute", unit))
 
     # ---- just-in-time approval --------------------------------------------------------
 
@@ -541,7 +595,7 @@ class Session:
             valid_for_seconds=self.valid_for_seconds)
         held = self._record(text, decision, index, "held", reason=f"needs approval: {shapes}",
                             parameters=parameters, approval_id=request_id)
-        await self.audit.record_statement(held, StatementOutcome(held.record_id, None, None))
+        await self._durable(held, StatementOutcome(held.record_id, None, None))
         self.client_writer.write(notice_response(
             f"policyc: approval request {request_id} is waiting for an approver "
             f"(up to {self.hold_seconds} s)", severity="NOTICE"))
@@ -552,7 +606,7 @@ class Session:
         final = self._record(text, decision, index, status, parameters=parameters,
                              approval_id=request_id,
                              reason=f"approval request {request_id} {status}")
-        await self.audit.record_statement(
+        await self._durable(
             final, StatementOutcome(final.record_id, None, None, BLOCKED_SQLSTATE))
         return BLOCKED_SQLSTATE, (
             f"policyc: approval request {request_id} was {status}; the statement did not run")
@@ -653,9 +707,34 @@ class Session:
         unit.finished = True
         duration = (self.clock() - unit.started) * 1000.0 if unit.started else None
         digest = unit.digest.hexdigest() if unit.digest is not None and sqlstate is None else None
+        result = None
+        capture = unit.capture
+        if capture is not None and digest is not None:
+            if not capture.started:
+                capture.start(self._result_header(unit))
+            result = capture.finish()
+            if capture.dropped:
+                kept = not_kept_reason(self.results_limit)
+                note = f"{note}; {kept}" if note else kept
+        unit.capture = None
         self.audit.finish_statement(StatementOutcome(
             unit.record.record_id, unit.rows if rows is None else rows, duration, sqlstate,
-            digest, note))
+            digest, note, result))
+
+    @staticmethod
+    def _result_header(unit: Unit) -> bytes | None:
+        """What described the rows to the client: the statement's own RowDescription (simple
+        protocol) or CopyOutResponse, else the portal's Describe, else the statement's."""
+        if unit.header is not None:
+            return unit.header
+        portal = unit.portal
+        if portal is None:
+            return None
+        if portal.row_description is not None:
+            return portal.row_description
+        if portal.prepared.row_description is not None:
+            return with_formats(portal.prepared.row_description, portal.result_formats)
+        return None
 
     def _handle_server_frames(self, frames: list[Frame]) -> bytes:
         out: list[bytes] = []
@@ -675,6 +754,11 @@ class Session:
                         continue
                     if unit.digest is not None:
                         unit.digest.update(frame.raw)
+                    capture = unit.capture
+                    if capture is not None:
+                        if not capture.started:
+                            capture.start(self._result_header(unit))
+                        capture.add(frame.raw)
                 out.append(frame.raw)
             elif kind == b"C":
                 expect = self._pop(("execute", "stmt"))
@@ -708,10 +792,21 @@ class Session:
                 self._pop(("close",))
                 out.append(frame.raw)
             elif kind in (b"T", b"n"):
-                if expected and expected[0].kind == "describe":
+                if head is not None and head.kind == "describe":
                     expected.popleft()
+                    if kind == b"T" and self.results is ResultRecording.FULL:
+                        if head.portal is not None:
+                            head.portal.row_description = frame.raw
+                        elif head.prepared is not None:
+                            head.prepared.row_description = frame.raw
                 elif kind == b"n":
                     raise ProtocolViolation("NoData without a Describe", "08P01")
+                elif head is not None and head.unit is not None:
+                    head.unit.header = frame.raw
+                out.append(frame.raw)
+            elif kind == b"H":
+                if head is not None and head.unit is not None:
+                    head.unit.header = frame.raw
                 out.append(frame.raw)
             elif kind == b"E":
                 head = expected.popleft() if expected else None
@@ -790,6 +885,10 @@ class Session:
                     self.end_reason = f"protocol violation: {exc}"
                     self.client_writer.write(error_response(exc.sqlstate, str(exc),
                                                             severity="FATAL"))
+                elif isinstance(exc, AuditUnavailable):
+                    self.end_reason = f"audit trail unavailable: {exc.why}"
+                    self.client_writer.write(error_response(exc.sqlstate, str(exc),
+                                                            severity="FATAL"))
                 elif exc is not None and not isinstance(exc, SessionClosed | ConnectionError):
                     self.end_reason = f"internal error: {type(exc).__name__}"
                     log.error("session %s ended by %s", self.session_id, type(exc).__name__,
@@ -804,8 +903,9 @@ class Session:
             for expect in self.expected:
                 self._finish(expect, note=f"session ended: {self.end_reason}")
             self.expected.clear()
-            self.audit.end_session(SessionEnd(self.session_id, self.clock(), self.end_reason),
-                                   self.upstream.backend_pid)
+            self.audit.end_session(
+                SessionEnd(self.session_id, self.clock(), self.end_reason, self._seq + 1),
+                self.upstream.backend_pid)
             for writer in (self.upstream.writer, self.client_writer):
                 try:
                     if writer is self.upstream.writer:
