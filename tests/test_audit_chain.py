@@ -19,8 +19,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Database, clinic_policy
 
+from conftest import Database, clinic_policy
 from policyc import audittrail
 from policyc.apply import apply_policy
 from policyc.cli import main
@@ -284,7 +284,7 @@ def test_concurrent_writers_keep_every_chain_whole(trail: Database) -> None:
                                      "WHERE id IN (SELECT id FROM public.claims LIMIT 2)")
                     if n % 2:
                         conn.execute("SELECT audit.checkpoint()")
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=agent, args=(n,)) for n in range(6)]
