@@ -196,6 +196,35 @@ def act_three(port: int, policy: str, billing_token: str, admin_dsn: str) -> Non
         print(f"    {line}")
 
 
+def cli(*args: str) -> None:
+    shown = ["$AUDITOR_DSN" if a.startswith("host=") else a for a in args]
+    print("  $ policyc " + " ".join(shown))
+    out = subprocess.run([sys.executable, "-m", "policyc.cli", *args], capture_output=True,
+                         text=True, check=False)
+    for line in (out.stdout + out.stderr).splitlines():
+        print(f"    {line}")
+    print(f"    (exit {out.returncode})")
+
+
+def act_four(admin_dsn: str) -> None:
+    banner("act 4: the auditor replays a session and proves the trail intact")
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        found = admin.execute(
+            "SELECT s.session_id FROM audit.sessions s JOIN audit.statements t USING (session_id) "
+            "WHERE s.agent = 'cohort-builder' ORDER BY s.started_at LIMIT 1").fetchone()
+    cli("audit", "checkpoint", "--dsn", admin_dsn)
+    if found:
+        cli("replay", str(found[0]), "--dsn", admin_dsn)
+    cli("audit", "verify", "--dsn", admin_dsn)
+    banner("a superuser edits history with triggers off; verify names the record")
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute("SET session_replication_role = replica")
+        admin.execute("UPDATE audit.statements SET statement = 'SELECT 1' "
+                      "WHERE id = (SELECT min(id) FROM audit.statements)")
+    print("  (UPDATE audit.statements SET statement = 'SELECT 1' WHERE id = <the first>)")
+    cli("audit", "verify", "--dsn", admin_dsn)
+
+
 def act_two(service_dsn: str, admin_dsn: str) -> None:
     if shutil.which("psql") is None:
         print("  psql is not installed: skipping the proxy act")
@@ -240,6 +269,7 @@ def act_two(service_dsn: str, admin_dsn: str) -> None:
                 "FROM audit.sessions ORDER BY started_at").fetchall()
             print()
             table(["agent", "group", "outcome", "reason", "tls", "tls version"], rows)
+        act_four(admin_dsn)
     finally:
         proxy.terminate()
         proxy.wait(10)
