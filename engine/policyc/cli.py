@@ -139,7 +139,7 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
         tls_key=Path(args.tls_key) if args.tls_key else None,
         allow_plaintext_loopback=args.allow_plaintext_loopback,
         spool_dir=Path(args.spool), max_message_bytes=args.max_message_bytes,
-        proxy_name=args.name,
+        proxy_name=args.name, checkpoint_interval=args.checkpoint_interval,
     )
     if config.tls_cert is None and not config.allow_plaintext_loopback:
         print("policyc proxy: give --tls-cert/--tls-key (agents send tokens as passwords), or "
@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--max-message-bytes", type=int, default=64 << 20,
                        help="largest protocol message accepted from a client")
     proxy.add_argument("--name", default="policyc-proxy", help="this proxy's name in the audit")
+    proxy.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="SECONDS",
+                       help="seal the audit trail this often (audit.checkpoint(); default 60, "
+                       "0: only at shutdown)")
     proxy.set_defaults(func=cmd_proxy)
 
     from policyc import approvals as approvals_cli
