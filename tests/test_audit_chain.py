@@ -178,6 +178,29 @@ def test_a_rewrite_with_recomputed_hashes_is_caught_by_the_seal(trail: Database)
     assert "differ from what checkpoint" in found[0].detail
 
 
+def test_since_limits_the_work_to_recent_chains(trail: Database) -> None:
+    trail.execute("SELECT audit.ensure_partitions(now() - interval '2 months')")
+    old = dt.datetime.now(UTC) - dt.timedelta(days=40)
+    record_session(trail, 2, started=old, statement_times=[old, old])
+    checkpoint(trail)
+    since = trail.execute("SELECT clock_timestamp()")[0][0]
+    recent = record_session(trail, 2)
+    checkpoint(trail)
+    # scope: chains with records, or seals, since then (the old session has neither)
+    tamper(trail, "UPDATE audit.statements SET statement = 'x' WHERE at < now() - "
+           "interval '30 days'")
+    with trail.connect() as conn:
+        assert audittrail.verify(conn, since) == []
+    assert problems(trail) != []  # the whole trail still shows it
+    tamper(trail, "UPDATE audit.statements SET statement = 'y' WHERE session_id = %s AND seq = 1",
+           (recent,))
+    with trail.connect() as conn:
+        found = audittrail.verify(conn, since)
+    assert ("altered", "statements", recent) in [(p.problem, p.table, p.chain) for p in found]
+    code, out = cli("audit", "verify", "--dsn", trail.dsn, "--since", since.isoformat())
+    assert code == 1 and recent in out
+
+
 def test_deleting_records_is_caught(trail: Database) -> None:
     sid = trail.execute("SELECT session_id FROM audit.sessions WHERE outcome = 'closed'")[0][0]
     tamper(trail, "DELETE FROM audit.statements WHERE session_id = %s AND seq = 2", (sid,))

@@ -343,7 +343,8 @@ def add_parser(sub: Any) -> None:
         "verify", help="check the hash chains, seals and partitions (exit 1 when broken)")
     verify_p.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
     verify_p.add_argument("--since", type=_timestamp,
-                          help="only chains with records from this time on (ISO 8601)")
+                          help="only chains with records or seals from this time on, each "
+                          "checked whole (ISO 8601)")
     verify_p.add_argument("--trusted", action="append", default=[], metavar="EXPORT",
                           help="a signed checkpoint export to hold the database to (repeatable)")
     verify_p.add_argument("--public-key", help="PEM public key that signed the --trusted exports")
