@@ -7,6 +7,7 @@ a user runs it (a new process: interpreter start and imports included) and a no-
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -146,3 +147,24 @@ def measure(tables: int, groups: int, reps: int, noops: int, settings: Mapping[s
         "first_apply_s": {"median": statistics.median(first), "runs": first},
         "noop_reapply_s": {"median": statistics.median(noop), "runs": noop},
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python bench/applycost.py``: the compile/apply benchmark alone (first apply and no-op
+    re-applies of the generated policy on fresh clusters); prints the result as JSON."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--tables", type=int, default=300)
+    parser.add_argument("--groups", type=int, default=30)
+    parser.add_argument("--reps", type=int, default=1, help="fresh clusters (1)")
+    parser.add_argument("--noops", type=int, default=3, help="no-op re-applies per cluster (3)")
+    args = parser.parse_args(argv)
+    import run  # noqa: PLC0415 - the harness's cluster settings (run imports us)
+
+    result = measure(args.tables, args.groups, args.reps, args.noops, run.CLUSTER_SETTINGS,
+                     lambda message: print(message, file=sys.stderr, flush=True))
+    print(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

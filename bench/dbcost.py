@@ -16,8 +16,10 @@ bulked up to the benchmark size with the same deterministic generator as the exa
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -201,3 +203,32 @@ def masking_cost(owner_dsn: str, group_dsn: Callable[[str], str], runs: int,
             log(f"  masking {group}: {view_rows} rows, view {view_s * 1000:.1f} ms, base "
                 f"{base_s * 1000:.1f} ms, ratio {view_s / base_s:.2f}")
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python bench/dbcost.py masking``: the masking benchmark alone, on its own throwaway
+    cluster (same settings, data and policy as ``make bench``); prints the result as JSON."""
+    import run  # noqa: PLC0415 - the harness's cluster settings and clinic setup (run imports us)
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("part", choices=["masking"])
+    parser.add_argument("--rows", type=int, default=100_000, help="patients rows (100000)")
+    parser.add_argument("--runs", type=int, default=7, help="interleaved runs (7)")
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    with run.throwaway_cluster(run.CLUSTER_SETTINGS) as cluster:
+        run.setup_clinic(cluster, patients=min(3000, args.rows))
+        scratch = cluster.dsn("scratch")
+        bulk_up_patients(scratch, args.rows, run.load_seed())
+        result = masking_cost(scratch, lambda group: cluster.dsn("scratch", user=group),
+                              args.runs, log)
+    print(json.dumps({g: {k: v for k, v in r.items() if not k.endswith("_runs")}
+                      for g, r in result.items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -92,7 +92,7 @@ def _run(conn: psycopg.Connection[Any], change: Change) -> int:
 
 def _record(conn: psycopg.Connection[Any], policy: Policy, plan: Plan) -> None:
     """Write every desired object's observed state to the ledger; forget dropped ones."""
-    catalog = observe(conn, policy, plan.catalog)
+    catalog = observe(conn, policy, plan.catalog, refresh=True)
     dropped = [c.key for c in plan.changes if c.action == "drop"]
     if dropped:
         conn.execute("DELETE FROM policyc.applied_objects WHERE object_key = ANY(%s)", (dropped,))
@@ -100,9 +100,11 @@ def _record(conn: psycopg.Connection[Any], policy: Policy, plan: Plan) -> None:
     for obj in plan.compiled.objects:
         if obj.kind in ("runtime", "runtime-role", "privileges"):
             continue
+        previous = plan.catalog.ledger.get(obj.key)
+        recorded = previous.desired_hash if previous is not None else None
         rows.append(
-            (obj.key, obj.family, obj.desired_hash, catalog.observed.get(obj.key, ""),
-             Jsonb(obj.semantic), list(obj.drop_sql))
+            (obj.key, obj.family, obj.ledger_hash(recorded),
+             catalog.observed.get(obj.key, ""), Jsonb(obj.semantic), list(obj.drop_sql))
         )
     with conn.cursor() as cur:
         cur.executemany(

@@ -6,10 +6,11 @@ trips however many tables and groups a policy has.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 import psycopg
@@ -43,10 +44,11 @@ class Table:
     public_privileges: tuple[str, ...]  # privileges PUBLIC holds on it (bypass risk)
 
     def column(self, name: str) -> Column | None:
-        for col in self.columns:
-            if col.name == name:
-                return col
-        return None
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, Column]:
+        return {col.name: col for col in self.columns}
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -62,12 +64,24 @@ class Role:
 
 @dataclass(frozen=True)
 class LedgerEntry:
+    """One row of policyc.applied_objects.  ``semantic`` and ``drop_sql`` are decoded from
+    their JSON text on first use: a plan needs them only for what changed."""
+
     key: str
     family: str
     desired_hash: str
     observed: str
-    semantic: Mapping[str, Any]
-    drop_sql: tuple[str, ...]
+    semantic_json: str = field(repr=False)
+    drop_sql_json: str = field(repr=False)
+
+    @cached_property
+    def semantic(self) -> Mapping[str, Any]:
+        value: Mapping[str, Any] = json.loads(self.semantic_json)
+        return value
+
+    @cached_property
+    def drop_sql(self) -> tuple[str, ...]:
+        return tuple(json.loads(self.drop_sql_json))
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,30 @@ class Catalog:
 def _query(name: str) -> str:
     """Catalog queries live in sql/catalog/NAME.sql."""
     return (sql_dir() / "catalog" / f"{name}.sql").read_text()
+
+
+@contextlib.contextmanager
+def without_jit(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Run the catalog queries with JIT compilation off, in a transaction.
+
+    A catalog query over thousands of views and columns is estimated costly enough that
+    PostgreSQL compiles it with LLVM first, which takes far longer (about 0.1 s each) than
+    running it.  The setting is local to the transaction and put back afterwards; outside a
+    transaction one is opened for the duration.
+    """
+    if conn.info.server_version < 110000:  # no JIT before PostgreSQL 11
+        yield
+        return
+    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with conn.transaction() if idle else contextlib.nullcontext():
+        row = conn.execute("SELECT current_setting('jit'), set_config('jit', 'off', true)")
+        previous = row.fetchone()
+        try:
+            yield
+        finally:
+            if previous is not None and not idle and \
+                    conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+                conn.execute("SELECT set_config('jit', %s, true)", (previous[0],))
 
 
 def _fetch(conn: psycopg.Connection[Any], query: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -161,11 +199,11 @@ def load_ledger(conn: psycopg.Connection[Any]) -> dict[str, LedgerEntry]:
         return {}
     rows = _fetch(
         conn,
-        "SELECT object_key, family, desired_hash, observed, semantic, drop_sql "
-        "FROM policyc.applied_objects",
+        "SELECT object_key, family, desired_hash, observed, semantic::text, "
+        "to_jsonb(drop_sql)::text FROM policyc.applied_objects",
     )
     return {
-        key: LedgerEntry(key, family, digest, observed, semantic, tuple(drop))
+        key: LedgerEntry(key, family, digest, observed, semantic, drop)
         for key, family, digest, observed, semantic, drop in rows
     }
 
@@ -204,9 +242,16 @@ _OBSERVE_SCHEMAS = "observe_schemas"
 
 _OBSERVE_VIEWS = "observe_views"
 
+_OBSERVE_VIEWS_FULL = "observe_views_full"
+
 _OBSERVE_OWNER_GRANTS = "observe_owner_grants"
 
 _OBSERVE_RLS = "observe_rls"
+
+_OBSERVE_RLS_FULL = "observe_rls_full"
+
+FINGERPRINT = "fp:"
+"""Observations of views and row security start with a fingerprint line (``fp:<md5>``)."""
 
 _OBSERVE_TRIGGERS = "observe_triggers"
 
@@ -240,6 +285,53 @@ def revoke_statement(
     ).as_string(None)
 
 
+def _split_observation(text: str) -> tuple[str, str]:
+    """(fingerprint, full text) of a recorded observation; ledgers written before fingerprints
+    existed hold the full text only."""
+    if text.startswith(FINGERPRINT):
+        fingerprint, _, full = text.partition("\n")
+        return fingerprint, full
+    return "", text
+
+
+def _observe_fingerprinted(
+    conn: psycopg.Connection[Any],
+    cheap: list[tuple[str, int, str]],
+    full_query: str,
+    recorded: Mapping[str, str],
+    refresh: bool,
+) -> dict[str, str]:
+    """Observations of objects that are expensive to print back (views: pg_get_viewdef;
+    row-security policies: pg_get_expr), as ``fp:<md5>``, a newline, then the full text.
+
+    ``cheap`` holds (key, oid, fingerprint) per object: an md5 of the catalog rows as stored
+    (the rule's or policy's parse tree, options, owner, grants), read without opening or
+    deparsing anything.  The full text is read (``full_query``, by oid) only for objects whose
+    fingerprint differs from the ``recorded`` one.  An object whose full text is still the
+    recorded one is not drift (a dump and restore rewrites the stored trees, not what they
+    do): without ``refresh`` the recorded observation is returned for it; with ``refresh``
+    (apply writing the ledger) the new fingerprint is.
+    """
+    observed: dict[str, str] = {}
+    pending: list[tuple[str, int, str]] = []
+    for key, oid, fingerprint in cheap:
+        previous = recorded.get(key)
+        if previous is not None and _split_observation(previous)[0] == fingerprint:
+            observed[key] = previous
+        else:
+            pending.append((key, oid, fingerprint))
+    if pending:
+        full = dict(_fetch(conn, full_query, ([oid for _, oid, _ in pending],)))
+        for key, oid, fingerprint in pending:
+            text = f"{fingerprint}\n{full.get(oid, '')}"
+            previous = recorded.get(key)
+            if (not refresh and previous is not None
+                    and _split_observation(previous)[1] == full.get(oid)):
+                text = previous
+            observed[key] = text
+    return observed
+
+
 def observe_all(
     conn: psycopg.Connection[Any],
     *,
@@ -248,8 +340,15 @@ def observe_all(
     tables: Iterable[TableName],
     groups: Iterable[str],
     service_role: str,
+    recorded: Mapping[str, str] | None = None,
+    refresh: bool = False,
 ) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
-    """Observed state of every object family, keyed like the compiler's object keys."""
+    """Observed state of every object family, keyed like the compiler's object keys.
+
+    ``recorded`` are the observations the ledger holds (they let views and row security be
+    compared by a fingerprint, see :func:`_observe_fingerprinted`); ``refresh`` asks for
+    current fingerprints even where nothing else changed, as apply records them.
+    """
     observed: dict[str, str] = {}
     wanted = sorted(set(tables))
     tab_args = ([t.schema for t in wanted], [t.name for t in wanted])
@@ -266,14 +365,17 @@ def observe_all(
     schema_list = sorted(set(schemas))
     for name, text in _fetch(conn, _OBSERVE_SCHEMAS, (schema_list,)):
         observed[f"schema:{name}"] = text
-    for schema, name, text in _fetch(conn, _OBSERVE_VIEWS, (schema_list,)):
-        observed[f"view:{schema}:{name}"] = text
+    views = [(f"view:{schema}:{name}", oid, fingerprint)
+             for schema, name, oid, fingerprint in _fetch(conn, _OBSERVE_VIEWS, (schema_list,))]
+    observed.update(
+        _observe_fingerprinted(conn, views, _OBSERVE_VIEWS_FULL, recorded or {}, refresh))
     has_owner = _fetch(conn, "SELECT to_regrole('policyc_owner') IS NOT NULL")[0][0]
     if has_owner:
         for schema, name, text in _fetch(conn, _OBSERVE_OWNER_GRANTS, tab_args):
             observed[f"base-grants:{schema}.{name}"] = text
-    for schema, name, text in _fetch(conn, _OBSERVE_RLS, tab_args):
-        observed[f"rls:{schema}.{name}"] = text
+    rls = [(f"rls:{schema}.{name}", oid, fingerprint)
+           for schema, name, oid, fingerprint in _fetch(conn, _OBSERVE_RLS, tab_args)]
+    observed.update(_observe_fingerprinted(conn, rls, _OBSERVE_RLS_FULL, recorded or {}, refresh))
     for schema, name, text in _fetch(conn, _OBSERVE_TRIGGERS, tab_args):
         observed[f"trigger:{schema}.{name}"] = text
     if _fetch(conn, "SELECT to_regclass('policyc.approver_roles') IS NOT NULL")[0][0]:

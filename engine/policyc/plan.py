@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from policyc import RUNTIME_VERSION
-from policyc.catalog import Catalog, observe_all, snapshot
+from policyc.catalog import Catalog, observe_all, snapshot, without_jit
 from policyc.compiler import Compiled, DesiredObject, compile_policy, policy_tables
 from policyc.compiler.objects import FAMILIES, KIND_ORDER
 from policyc.policy.model import Policy, TableName
@@ -60,7 +60,11 @@ class Plan:
         return {f: c for f, c in grouped.items() if c}
 
 
-def observe(conn: psycopg.Connection[Any], policy: Policy, catalog: Catalog) -> Catalog:
+def observe(
+    conn: psycopg.Connection[Any], policy: Policy, catalog: Catalog, *, refresh: bool = False
+) -> Catalog:
+    """``catalog`` with every managed object observed; ``refresh`` as in
+    :func:`policyc.catalog.observe_all` (apply sets it when it writes the ledger)."""
     groups = [g.name for g in policy.groups]
     ledger_groups = [k.split(":", 1)[1] for k in catalog.ledger if k.startswith("role:")]
     ledger_tables = {
@@ -68,25 +72,29 @@ def observe(conn: psycopg.Connection[Any], policy: Policy, catalog: Catalog) -> 
         ("rls", "trigger", "base-grants")
     }
     tables = policy_tables(policy) | {TableName.parse(t) for t in ledger_tables}
-    observed, extra = observe_all(
-        conn,
-        roles=[*groups, *ledger_groups],
-        schemas=[*groups, *ledger_groups],
-        tables=tables,
-        groups=groups,
-        service_role=policy.proxy.service_role,
-    )
+    with without_jit(conn):
+        observed, extra = observe_all(
+            conn,
+            roles=[*groups, *ledger_groups],
+            schemas=[*groups, *ledger_groups],
+            tables=tables,
+            groups=groups,
+            service_role=policy.proxy.service_role,
+            recorded={key: entry.observed for key, entry in catalog.ledger.items()},
+            refresh=refresh,
+        )
     return dataclasses.replace(catalog, observed=observed, extra_privileges=extra)
 
 
 def load_catalog(conn: psycopg.Connection[Any], policy: Policy) -> Catalog:
-    catalog = snapshot(
-        conn,
-        tables=policy_tables(policy),
-        roles=[*(g.name for g in policy.groups), *policy.approvals.approvers],
-        service_role=policy.proxy.service_role,
-    )
-    return observe(conn, policy, catalog)
+    with without_jit(conn):
+        catalog = snapshot(
+            conn,
+            tables=policy_tables(policy),
+            roles=[*(g.name for g in policy.groups), *policy.approvals.approvers],
+            service_role=policy.proxy.service_role,
+        )
+        return observe(conn, policy, catalog)
 
 
 def _view_hazards(new: Mapping[str, Any], old: Mapping[str, Any] | None, group: str) -> list[str]:
@@ -183,7 +191,7 @@ def make_plan(conn: psycopg.Connection[Any], policy: Policy) -> Plan:
             changes.append(
                 Change(obj.key, obj.family, "create", statements, tuple(_hazards(obj, None)))
             )
-        elif entry.desired_hash != obj.desired_hash:
+        elif not obj.matches(entry.desired_hash):
             changes.append(
                 Change(obj.key, obj.family, "update", obj.statements_to_update(entry.drop_sql),
                        tuple(_hazards(obj, entry.semantic)))

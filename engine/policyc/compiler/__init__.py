@@ -20,10 +20,10 @@ from policyc.catalog import (
 )
 from policyc.compiler.masks import MaskTypeError, mask_expression
 from policyc.compiler.objects import Compiled, DesiredObject
-from policyc.compiler.render import ident, statements
-from policyc.compiler.rowfilters import normalize
+from policyc.compiler.render import Template, ident
+from policyc.compiler.rowfilters import normalize, policy_sql
 from policyc.errors import CatalogError
-from policyc.policy.model import ALL_COLUMNS, ColumnRef, Columns, Group, Policy, TableName
+from policyc.policy.model import ALL_COLUMNS, Columns, Group, Policy, TableName
 
 __all__ = ["Compiled", "DesiredObject", "compile_policy", "policy_tables"]
 
@@ -67,8 +67,8 @@ def _runtime_objects(policy: Policy, catalog: Catalog) -> list[DesiredObject]:
             DesiredObject(
                 key=f"runtime-role:{role}",
                 family="roles",
-                create_sql=statements("runtime_roles.sql.j2", role=role),
-                drop_sql=(),  # shared with other databases: never dropped by one policy
+                create=Template("runtime_roles.sql.j2", role=role),
+                drop=(),  # shared with other databases: never dropped by one policy
                 semantic={"role": role},
                 adopt_existing=True,
             )
@@ -77,8 +77,8 @@ def _runtime_objects(policy: Policy, catalog: Catalog) -> list[DesiredObject]:
         DesiredObject(
             key="runtime",
             family="runtime",
-            create_sql=(),
-            drop_sql=(),
+            create=(),
+            drop=(),
             semantic={"version": RUNTIME_VERSION},
             hash_extra=runtime.fingerprint(),
         )
@@ -110,17 +110,17 @@ def _group_objects(
         DesiredObject(
             key=f"role:{role}",
             family="roles",
-            create_sql=statements("group_role.sql.j2", create=True, **context),
-            update_sql=statements("group_role.sql.j2", create=False, **context),
-            drop_sql=statements("group_role_drop.sql.j2", role=role),
+            create=Template("group_role.sql.j2", create=True, **context),
+            update=Template("group_role.sql.j2", create=False, **context),
+            drop=Template("group_role_drop.sql.j2", role=role),
             semantic={"login": True, "group": group.name},
         ),
         DesiredObject(
             key=f"schema:{schema}",
             family="grants",
-            create_sql=statements("group_schema.sql.j2", create=True, **context),
-            update_sql=statements("group_schema.sql.j2", create=False, **context),
-            drop_sql=statements("group_schema_drop.sql.j2", schema=schema),
+            create=Template("group_schema.sql.j2", create=True, **context),
+            update=Template("group_schema.sql.j2", create=False, **context),
+            drop=Template("group_schema_drop.sql.j2", schema=schema),
             semantic={"usage": [schema, "policyc"]},
         ),
     ]
@@ -150,8 +150,8 @@ def _group_objects(
         DesiredObject(
             key=f"privileges:{role}",
             family="grants",
-            create_sql=extra,
-            drop_sql=(),
+            create=extra,
+            drop=(),
             semantic={"extra": []},
         )
     )
@@ -194,13 +194,14 @@ def _view_object(
         delete = grant.delete
     unmasked = {ref.column for ref in group.unmask if ref.table == table.name}
     in_view = read_cols | set(insert_cols) | set(update_cols)
+    phi = policy.phi.get(table.name, {})
     columns = []
     masks: dict[str, str | None] = {}
     for column in table.columns:
         if column.name not in in_view:
             continue
         ref = f"t.{ident(column.name)}"
-        mask = policy.mask_of(ColumnRef(table.name, column.name))
+        mask = phi.get(column.name)
         expression = ref
         if mask is not None and column.name in read_cols and column.name not in unmasked:
             if column.name in insert_cols or column.name in update_cols:
@@ -239,8 +240,8 @@ def _view_object(
     return DesiredObject(
         key=f"view:{group.name}:{table.name.name}",
         family="views",
-        create_sql=statements("view.sql.j2", **context),
-        drop_sql=statements("view_drop.sql.j2", schema=group.name, view=table.name.name),
+        create=Template("view.sql.j2", **context),
+        drop=Template("view_drop.sql.j2", schema=group.name, view=table.name.name),
         semantic={
             "table": str(table.name),
             "read": masks,
@@ -273,8 +274,8 @@ def _base_grant_object(policy: Policy, table: Table) -> DesiredObject:
     return DesiredObject(
         key=f"base-grants:{table.name}",
         family="grants",
-        create_sql=statements("base_grants.sql.j2", **context),
-        drop_sql=statements("base_grants_drop.sql.j2", table=table.name),
+        create=Template("base_grants.sql.j2", **context),
+        drop=Template("base_grants_drop.sql.j2", table=table.name),
         semantic={"select": True, **{k: v for k, v in context.items() if k != "table"}},
     )
 
@@ -294,7 +295,7 @@ def _rls_object(
             continue
         filters.append(
             {"policy": f"policyc_{group.name}", "role": group.name, "expression": expression,
-             "group": group.name}
+             "sql": policy_sql(text), "group": group.name}
         )
     key = f"rls:{table.name}"
     previous = catalog.ledger.get(key)
@@ -309,10 +310,10 @@ def _rls_object(
     return DesiredObject(
         key=key,
         family="row-security",
-        create_sql=statements(
+        create=Template(
             "row_security.sql.j2", table=table.name, filters=filters, passthrough=passthrough
         ),
-        drop_sql=statements(
+        drop=Template(
             "row_security_drop.sql.j2", table=table.name, policies=policies,
             passthrough=passthrough,
         ),
@@ -330,12 +331,12 @@ def _trigger_object(policy: Policy, table: Table) -> DesiredObject:
         "pk": json.dumps(list(table.primary_key)),
         "phi": json.dumps(phi),
     }
-    drop = statements("audit_triggers_drop.sql.j2", table=table.name)
+    drop = Template("audit_triggers_drop.sql.j2", table=table.name)
     return DesiredObject(
         key=f"trigger:{table.name}",
         family="triggers",
-        create_sql=statements("audit_triggers.sql.j2", **context),
-        drop_sql=drop,
+        create=Template("audit_triggers.sql.j2", **context),
+        drop=drop,
         semantic={"phi": phi, "pk": list(table.primary_key)},
     )
 
@@ -363,8 +364,8 @@ def _approvers_object(
     return DesiredObject(
         key="approvers",
         family="grants",
-        create_sql=statements("approvers.sql.j2", roles=roles),
-        drop_sql=statements("approvers_drop.sql.j2", roles=roles),
+        create=Template("approvers.sql.j2", roles=roles),
+        drop=Template("approvers_drop.sql.j2", roles=roles),
         semantic={"approvers": roles},
     )
 
@@ -398,11 +399,12 @@ def compile_policy(policy: Policy, catalog: Catalog) -> Compiled:
     objects: list[DesiredObject] = _runtime_objects(policy, catalog)
     for group in policy.groups:
         objects.extend(_group_objects(policy, catalog, group, problems))
+    reached = {name for g in policy.groups for name in (*g.read, *g.write)}
     for name in sorted(policy_tables(policy)):
         table = catalog.tables.get(name)
         if table is None:
             continue
-        if any(name in g.tables() for g in policy.groups):
+        if name in reached:
             objects.append(_base_grant_object(policy, table))
         rls = _rls_object(policy, catalog, table, problems)
         if rls is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path as FilePath
 
 from policyc.errors import Location, PolicyError, Problem
@@ -96,11 +97,38 @@ def _load(text: str, source: str, base_dir: str) -> tuple[Policy | None, list[Pr
     problems.extend(builder.problems)
     if problems:
         return None, _unique(problems)
-    return dataclasses.replace(policy, locations=_locations(doc, source)), []
+    return dataclasses.replace(policy, locations=_Locations(doc, source)), []
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:
     return list(dict.fromkeys(problems))
+
+
+class _Locations(Mapping[str, Location]):
+    """:attr:`Policy.locations`, worked out on first use: only problems need a line, and a
+    large policy has tens of thousands of keys."""
+
+    def __init__(self, doc: Document, source: str) -> None:
+        self._doc = doc
+        self._source = source
+        self._built: dict[str, Location] | None = None
+
+    def _all(self) -> dict[str, Location]:
+        if self._built is None:
+            self._built = _locations(self._doc, self._source)
+        return self._built
+
+    def __getitem__(self, key: str) -> Location:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __repr__(self) -> str:
+        return f"_Locations({len(self)} keys of {self._source})"
 
 
 def _locations(doc: Document, source: str) -> dict[str, Location]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json, scan
@@ -163,7 +164,19 @@ def check_row_filter(expression: str, table: TableName) -> list[str]:
 
     Messages name functions, tables and constructs, never literal values of the filter.
     """
-    if not isinstance(expression, str) or not expression.strip():
+    if not isinstance(expression, str):
+        return ["a row filter must be a non-empty SQL boolean expression"]
+    return list(_check_row_filter(expression, table))
+
+
+@lru_cache(maxsize=4096)
+def _check_row_filter(expression: str, table: TableName) -> tuple[str, ...]:
+    """:func:`check_row_filter`, once per distinct filter and table (policies repeat them)."""
+    return tuple(_check(expression, table))
+
+
+def _check(expression: str, table: TableName) -> list[str]:
+    if not expression.strip():
         return ["a row filter must be a non-empty SQL boolean expression"]
     if len(expression) > MAX_LENGTH:
         return [f"a row filter is limited to {MAX_LENGTH} characters"]

@@ -89,9 +89,9 @@ CREATE VIEW "billing"."patients" WITH (security_barrier = true) AS
 SELECT
     t."id" AS "id",
     t."clinic_id" AS "clinic_id",
-    policyc.mask_partial((t."full_name")::text) AS "full_name",
-    policyc.hmac_hex((SELECT k.ipad FROM policyc.hmac_key k), (SELECT k.opad FROM policyc.hmac_key k), (t."ssn")::text) AS "ssn",
-    CAST(date_trunc('year', t."birth_date") AS date) AS "birth_date"
+    CASE WHEN (t."full_name")::text ~ '^[A-Za-z]+ [A-Za-z]+$' THEN pg_catalog.left((t."full_name")::text, 1) || '*** ' || pg_catalog.left(pg_catalog.split_part((t."full_name")::text, ' ', 2), 1) || '***' ELSE pg_catalog.regexp_replace((t."full_name")::text, E'(\\w)\\w*', E'\\1***', 'g') END AS "full_name",
+    pg_catalog.encode(pg_catalog.sha256((SELECT k.opad FROM policyc.hmac_key k) || pg_catalog.sha256((SELECT k.ipad FROM policyc.hmac_key k) || pg_catalog.convert_to((t."ssn")::text, 'UTF8'))), 'hex') AS "ssn",
+    CAST(pg_catalog.date_trunc('year', CAST(t."birth_date" AS timestamp)) AS date) AS "birth_date"
   FROM "public"."patients" AS t;
 ALTER VIEW "billing"."patients" OWNER TO policyc_owner;
 REVOKE ALL ON "billing"."patients" FROM PUBLIC;
@@ -116,8 +116,8 @@ CREATE VIEW "research"."patients" WITH (security_barrier = true) AS
 SELECT
     t."id" AS "id",
     t."clinic_id" AS "clinic_id",
-    CAST(date_trunc('year', t."birth_date") AS date) AS "birth_date",
-    policyc.mask_zip3((t."zip")::text) AS "zip"
+    CAST(pg_catalog.date_trunc('year', CAST(t."birth_date" AS timestamp)) AS date) AS "birth_date",
+    CASE WHEN pg_catalog.left((t."zip")::text, 2) = ANY ('{00,01,02,03,04,05,06,07,08,09,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95,96,97,98,99}'::text[]) AND pg_catalog.substr((t."zip")::text, 3, 1) = ANY ('{0,1,2,3,4,5,6,7,8,9}'::text[]) THEN CASE WHEN pg_catalog.left((t."zip")::text, 3) = ANY ('{036,059,063,102,203,556,692,790,821,823,830,831,878,879,884,890,893}'::text[]) THEN '000' ELSE pg_catalog.left((t."zip")::text, 3) END ELSE CASE WHEN pg_catalog.left(pg_catalog.regexp_replace((t."zip")::text, E'\\D', '', 'g'), 3) = ANY ('{036,059,063,102,203,556,692,790,821,823,830,831,878,879,884,890,893}'::text[]) THEN '000' ELSE pg_catalog.left(pg_catalog.regexp_replace((t."zip")::text, E'\\D', '', 'g'), 3) END END AS "zip"
   FROM "public"."patients" AS t;
 ALTER VIEW "research"."patients" OWNER TO policyc_owner;
 REVOKE ALL ON "research"."patients" FROM PUBLIC;
@@ -158,9 +158,9 @@ SELECT
     t."id" AS "id",
     t."clinic_id" AS "clinic_id",
     t."full_name" AS "full_name",
-    policyc.hmac_hex((SELECT k.ipad FROM policyc.hmac_key k), (SELECT k.opad FROM policyc.hmac_key k), (t."ssn")::text) AS "ssn",
+    pg_catalog.encode(pg_catalog.sha256((SELECT k.opad FROM policyc.hmac_key k) || pg_catalog.sha256((SELECT k.ipad FROM policyc.hmac_key k) || pg_catalog.convert_to((t."ssn")::text, 'UTF8'))), 'hex') AS "ssn",
     t."birth_date" AS "birth_date",
-    policyc.mask_zip3((t."zip")::text) AS "zip",
+    CASE WHEN pg_catalog.left((t."zip")::text, 2) = ANY ('{00,01,02,03,04,05,06,07,08,09,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95,96,97,98,99}'::text[]) AND pg_catalog.substr((t."zip")::text, 3, 1) = ANY ('{0,1,2,3,4,5,6,7,8,9}'::text[]) THEN CASE WHEN pg_catalog.left((t."zip")::text, 3) = ANY ('{036,059,063,102,203,556,692,790,821,823,830,831,878,879,884,890,893}'::text[]) THEN '000' ELSE pg_catalog.left((t."zip")::text, 3) END ELSE CASE WHEN pg_catalog.left(pg_catalog.regexp_replace((t."zip")::text, E'\\D', '', 'g'), 3) = ANY ('{036,059,063,102,203,556,692,790,821,823,830,831,878,879,884,890,893}'::text[]) THEN '000' ELSE pg_catalog.left(pg_catalog.regexp_replace((t."zip")::text, E'\\D', '', 'g'), 3) END END AS "zip",
     CAST(CASE WHEN t."email" IS NULL THEN NULL ELSE '[REDACTED]' END AS text) AS "email",
     CAST(CASE WHEN t."phone" IS NULL THEN NULL ELSE '[REDACTED]' END AS text) AS "phone",
     t."created_at" AS "created_at"
@@ -196,8 +196,8 @@ ALTER TABLE "public"."claims" ENABLE ROW LEVEL SECURITY;
 CREATE POLICY policyc_passthrough ON "public"."claims" AS PERMISSIVE FOR ALL TO PUBLIC
     USING (true) WITH CHECK (true);
 CREATE POLICY "policyc_billing" ON "public"."claims" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING (CURRENT_USER <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer))))
-    WITH CHECK (CURRENT_USER <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer))));
+    USING ((SELECT CURRENT_USER) <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)))))
+    WITH CHECK ((SELECT CURRENT_USER) <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)))));
 
 -- rls:public.notes
 DROP POLICY IF EXISTS "policyc_clinician" ON "public"."notes";
@@ -207,8 +207,8 @@ ALTER TABLE "public"."notes" ENABLE ROW LEVEL SECURITY;
 CREATE POLICY policyc_passthrough ON "public"."notes" AS PERMISSIVE FOR ALL TO PUBLIC
     USING (true) WITH CHECK (true);
 CREATE POLICY "policyc_clinician" ON "public"."notes" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING (CURRENT_USER <> 'clinician' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer))))
-    WITH CHECK (CURRENT_USER <> 'clinician' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer))));
+    USING ((SELECT CURRENT_USER) <> 'clinician' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)))))
+    WITH CHECK ((SELECT CURRENT_USER) <> 'clinician' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)))));
 
 -- rls:public.patients
 DROP POLICY IF EXISTS "policyc_billing" ON "public"."patients";
@@ -219,11 +219,11 @@ ALTER TABLE "public"."patients" ENABLE ROW LEVEL SECURITY;
 CREATE POLICY policyc_passthrough ON "public"."patients" AS PERMISSIVE FOR ALL TO PUBLIC
     USING (true) WITH CHECK (true);
 CREATE POLICY "policyc_billing" ON "public"."patients" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING (CURRENT_USER <> 'billing' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)))
-    WITH CHECK (CURRENT_USER <> 'billing' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)));
+    USING ((SELECT CURRENT_USER) <> 'billing' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))
+    WITH CHECK ((SELECT CURRENT_USER) <> 'billing' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))));
 CREATE POLICY "policyc_clinician" ON "public"."patients" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING (CURRENT_USER <> 'clinician' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)))
-    WITH CHECK (CURRENT_USER <> 'clinician' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)));
+    USING ((SELECT CURRENT_USER) <> 'clinician' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))
+    WITH CHECK ((SELECT CURRENT_USER) <> 'clinician' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))));
 
 -- rls:public.visits
 DROP POLICY IF EXISTS "policyc_billing" ON "public"."visits";
@@ -234,11 +234,11 @@ ALTER TABLE "public"."visits" ENABLE ROW LEVEL SECURITY;
 CREATE POLICY policyc_passthrough ON "public"."visits" AS PERMISSIVE FOR ALL TO PUBLIC
     USING (true) WITH CHECK (true);
 CREATE POLICY "policyc_billing" ON "public"."visits" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING (CURRENT_USER <> 'billing' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)))
-    WITH CHECK (CURRENT_USER <> 'billing' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)));
+    USING ((SELECT CURRENT_USER) <> 'billing' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))
+    WITH CHECK ((SELECT CURRENT_USER) <> 'billing' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))));
 CREATE POLICY "policyc_clinician" ON "public"."visits" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING (CURRENT_USER <> 'clinician' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)))
-    WITH CHECK (CURRENT_USER <> 'clinician' OR (clinic_id = CAST((SELECT policyc.claim('clinic_id')) AS integer)));
+    USING ((SELECT CURRENT_USER) <> 'clinician' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))
+    WITH CHECK ((SELECT CURRENT_USER) <> 'clinician' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))));
 
 -- trigger:public.claims
 DROP TRIGGER IF EXISTS policyc_audit_insert ON "public"."claims";
