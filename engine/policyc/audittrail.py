@@ -229,16 +229,6 @@ def _connect(dsn: str | None) -> psycopg.Connection[Any]:
     return psycopg.connect(dsn or "", autocommit=True)
 
 
-def _timestamp(text: str) -> dt.datetime:
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 time (e.g. 2026-01-31 or 2026-01-31T12:00:00+00:00)"
-        ) from exc
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     public = _public_key(Path(args.public_key)) if args.public_key else None
     if args.trusted and public is None:
@@ -331,47 +321,3 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     if pruned and not args.dry_run:
         print("recorded in audit.prunes (and in the checkpoint chain)", file=out)
     return EXIT_OK
-
-
-def add_parser(sub: Any) -> None:
-    """The ``audit`` command and its subcommands."""
-    audit = sub.add_parser("audit", help="verify, seal, sign and prune the audit trail")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True,
-                                     parser_class=type(audit))
-
-    verify_p = audit_sub.add_parser(
-        "verify", help="check the hash chains, seals and partitions (exit 1 when broken)")
-    verify_p.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
-    verify_p.add_argument("--since", type=_timestamp,
-                          help="only chains with records or seals from this time on, each "
-                          "checked whole (ISO 8601)")
-    verify_p.add_argument("--trusted", action="append", default=[], metavar="EXPORT",
-                          help="a signed checkpoint export to hold the database to (repeatable)")
-    verify_p.add_argument("--public-key", help="PEM public key that signed the --trusted exports")
-    verify_p.add_argument("--json", action="store_true", help="one JSON document")
-    verify_p.add_argument("--limit", type=int, default=20, help="problems to print (default 20)")
-    verify_p.set_defaults(func=cmd_verify)
-
-    checkpoint_p = audit_sub.add_parser(
-        "checkpoint", help="seal new records now; with --sign, export the seal signed")
-    checkpoint_p.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
-    checkpoint_p.add_argument("--sign", metavar="KEY",
-                              help="Ed25519 private key (PEM) to sign with")
-    checkpoint_p.add_argument("--out", help="write the signed export here (default: stdout)")
-    checkpoint_p.add_argument("--json", action="store_true", help="machine-readable output")
-    checkpoint_p.set_defaults(func=cmd_checkpoint)
-
-    keygen_p = audit_sub.add_parser("keygen", help="create an Ed25519 key to sign checkpoints")
-    keygen_p.add_argument("path", help="where to write the private key (PEM, mode 0600)")
-    keygen_p.set_defaults(func=cmd_keygen)
-
-    prune_p = audit_sub.add_parser(
-        "prune", help="drop whole monthly partitions older than the retention, and record it")
-    prune_p.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
-    prune_p.add_argument("--policy", help="take the retention from this policy's audit section")
-    prune_p.add_argument("--retention", help=f"e.g. 6y (default: the policy's, else "
-                         f"{DEFAULT_RETENTION})")
-    prune_p.add_argument("--dry-run", action="store_true", help="list what would be dropped")
-    prune_p.add_argument("--now", type=_timestamp, help=argparse.SUPPRESS)  # tests: a past clock
-    prune_p.add_argument("--json", action="store_true", help="machine-readable output")
-    prune_p.set_defaults(func=cmd_prune)

@@ -8,6 +8,8 @@ Exit codes: 0 success; 1 an error (invalid policy, database mismatch, apply fail
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -197,6 +199,26 @@ def cmd_runtime_render(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _timestamp(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-01-31 or 2026-01-31T12:00:00+00:00)"
+        ) from exc
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _lazy(module: str, name: str) -> Any:
+    """A command handler imported only when its command runs (keeps every start fast)."""
+
+    def run(args: argparse.Namespace, out: TextIO) -> int:
+        handler = getattr(importlib.import_module(f"policyc.{module}"), name)
+        return int(handler(args, out))
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="policyc", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"policyc {__version__}")
@@ -243,8 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "0: only at shutdown)")
     proxy.set_defaults(func=cmd_proxy)
 
-    from policyc import approvals as approvals_cli
-
     approvals = sub.add_parser("approvals", help="list held statements waiting for a decision")
     approvals.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
     approvals.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -252,16 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     approvals.add_argument("--watch", action="store_true",
                            help="stream new requests and decisions as they happen (Ctrl-C stops)")
     approvals.add_argument("--max-events", type=int, default=None, help=argparse.SUPPRESS)
-    approvals.set_defaults(func=approvals_cli.cmd_approvals)
+    approvals.set_defaults(func=_lazy("approvals", "cmd_approvals"))
 
-    for verb, func in (("approve", approvals_cli.cmd_approve), ("deny", approvals_cli.cmd_deny)):
+    for verb, func in (("approve", _lazy("approvals", "cmd_approve")),
+                       ("deny", _lazy("approvals", "cmd_deny"))):
         decide = sub.add_parser(verb, help=f"{verb} a held statement (approver roles only)")
         decide.add_argument("id", type=int, help="the request id (see policyc approvals)")
         decide.add_argument("--reason", required=True, help="why (kept in audit.approvals)")
         decide.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
         decide.set_defaults(func=func)
-
-    from policyc import replay as replay_cli
 
     replay = sub.add_parser("replay", help="print a recorded session as a transcript "
                             "(exit 1 when --verify finds a mismatch, 69 database unreachable)")
@@ -270,11 +289,46 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="one JSON document")
     replay.add_argument("--verify", action="store_true",
                         help="recompute kept results' digests and check the seqs are contiguous")
-    replay.set_defaults(func=replay_cli.cmd_replay)
+    replay.set_defaults(func=_lazy("replay", "cmd_replay"))
 
-    from policyc import audittrail
+    audit = sub.add_parser("audit", help="verify, seal, sign and prune the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
 
-    audittrail.add_parser(sub)
+    verify_p = audit_sub.add_parser(
+        "verify", help="check the hash chains, seals and partitions (exit 1 when broken)")
+    verify_p.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    verify_p.add_argument("--since", type=_timestamp,
+                          help="only chains with records or seals from this time on, each "
+                          "checked whole (ISO 8601)")
+    verify_p.add_argument("--trusted", action="append", default=[], metavar="EXPORT",
+                          help="a signed checkpoint export to hold the database to (repeatable)")
+    verify_p.add_argument("--public-key", help="PEM public key that signed the --trusted exports")
+    verify_p.add_argument("--json", action="store_true", help="one JSON document")
+    verify_p.add_argument("--limit", type=int, default=20, help="problems to print (default 20)")
+    verify_p.set_defaults(func=_lazy("audittrail", "cmd_verify"))
+
+    checkpoint_p = audit_sub.add_parser(
+        "checkpoint", help="seal new records now; with --sign, export the seal signed")
+    checkpoint_p.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    checkpoint_p.add_argument("--sign", metavar="KEY",
+                              help="Ed25519 private key (PEM) to sign with")
+    checkpoint_p.add_argument("--out", help="write the signed export here (default: stdout)")
+    checkpoint_p.add_argument("--json", action="store_true", help="machine-readable output")
+    checkpoint_p.set_defaults(func=_lazy("audittrail", "cmd_checkpoint"))
+
+    keygen_p = audit_sub.add_parser("keygen", help="create an Ed25519 key to sign checkpoints")
+    keygen_p.add_argument("path", help="where to write the private key (PEM, mode 0600)")
+    keygen_p.set_defaults(func=_lazy("audittrail", "cmd_keygen"))
+
+    prune_p = audit_sub.add_parser(
+        "prune", help="drop whole monthly partitions older than the retention, and record it")
+    prune_p.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    prune_p.add_argument("--policy", help="take the retention from this policy's audit section")
+    prune_p.add_argument("--retention", help="e.g. 6y (default: the policy's, else 6y)")
+    prune_p.add_argument("--dry-run", action="store_true", help="list what would be dropped")
+    prune_p.add_argument("--now", type=_timestamp, help=argparse.SUPPRESS)  # tests: a past clock
+    prune_p.add_argument("--json", action="store_true", help="machine-readable output")
+    prune_p.set_defaults(func=_lazy("audittrail", "cmd_prune"))
 
     token = sub.add_parser("token", help="mint a development token (NOT for production)")
     token.add_argument("policy")
