@@ -427,6 +427,21 @@ def test_prune_drops_only_whole_months_past_retention(trail: Database) -> None:
     assert problems(trail) != []
 
 
+def test_prune_gives_up_instead_of_queueing_behind_a_reader(trail: Database) -> None:
+    now = dt.datetime.now(UTC)
+    trail.execute("SELECT audit.ensure_partitions(%s)", (_years_ago(7, now),))
+    with trail.connect(autocommit=False) as reader:
+        reader.execute("SELECT count(*) FROM audit.statements WHERE at < now() - "
+                       "interval '6 years 6 months'")
+        with trail.connect() as conn, pytest.raises(psycopg.errors.LockNotAvailable):
+            audittrail.prune(conn, audittrail.parse_duration("6y"), now=None, dry_run=False,
+                             lock_timeout_ms=200)
+        reader.rollback()
+    assert trail.execute("SELECT count(*) FROM audit.prunes") == [(0,)]
+    with trail.connect() as conn:
+        assert audittrail.prune(conn, audittrail.parse_duration("6y"), now=None, dry_run=False)
+
+
 def test_prune_refuses_a_future_clock_and_a_bad_retention(trail: Database) -> None:
     future = (dt.datetime.now(UTC) + dt.timedelta(days=400)).isoformat()
     code = main(["audit", "prune", "--dsn", trail.dsn, "--now", future], io.StringIO())

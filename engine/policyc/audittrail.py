@@ -119,10 +119,13 @@ def latest_checkpoint(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
 
 
 def prune(conn: psycopg.Connection[Any], retention_seconds: int, *, now: dt.datetime | None,
-          dry_run: bool) -> list[Pruned]:
+          dry_run: bool, lock_timeout_ms: int = 10_000) -> list[Pruned]:
     """Drop (or, dry, list) the monthly partitions older than the retention."""
     _require_runtime(conn)
     with conn.transaction():
+        # dropping a partition locks the audit table: give up rather than queue every audit
+        # write behind a long transaction that still reads an old month
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",))
         rows = conn.execute(
             "SELECT table_name, partition_name, range_from, range_to, rows "
             "FROM audit.prune(make_interval(secs => %s), coalesce(%s, now()), %s)",
@@ -305,6 +308,10 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
             pruned = prune(conn, retention, now=args.now, dry_run=args.dry_run)
         except psycopg.errors.InvalidParameterValue as exc:
             raise AuditTrailError(exc.diag.message_primary or str(exc)) from exc
+        except psycopg.errors.LockNotAvailable as exc:
+            raise AuditTrailError("an old audit partition is in use (its lock did not come "
+                                  "within 10 s); nothing was pruned: try again at a quieter "
+                                  "time") from exc
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "retention_seconds": retention,
                           "partitions": [{**asdict(p), "range_from": p.range_from.isoformat(),
