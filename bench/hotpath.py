@@ -2,8 +2,8 @@
 
 py-spy is not part of the environment, so the proxy runs under ``python -m cProfile`` (which
 slows it down: read the shares, not the absolute times).  cProfile sees the event loop's
-thread only; the spool's fsync runs on the audit I/O thread and shows up as the time the
-loop spends waiting for it, not as a function of its own.
+thread only; while fsyncs are fast the loop writes the spool itself, so the device flush is
+``posix.fdatasync`` there (waiting, not CPU), else it runs on the spool thread, unseen.
 """
 
 from __future__ import annotations

@@ -233,8 +233,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"- pgbench: -T {s['duration']:g} s per run, clients {s['clients']}, modes "
             f"{s['modes']}, {s['reps']} repetitions, paths interleaved and rotated",
             f"- clinic data: {s['patients']} patients; PgBouncer: session pooling, auth trust; "
-            "proxy: plaintext loopback, durable spool (fsync before each statement is "
-            "forwarded), audit drained into audit.statements",
+            "proxy: plaintext loopback, durable spool (fdatasync before a statement is "
+            "forwarded, or for a side-effect-free read before its answer is), audit drained "
+            "into audit.statements",
             f"- audit trigger and masking: {s['rows']} rows; compile/apply: {s['tables']} "
             f"tables x {s['groups']} groups", ""]
 

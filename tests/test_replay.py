@@ -373,8 +373,13 @@ def test_results_none_keeps_no_digest_and_digest_no_rows(
     assert statement["result"] is None and statement["rows"] == 3
 
 
+@pytest.mark.parametrize(("sql", "note"), [
+    ("SELECT 2", "answer withheld: the audit trail was unavailable"),  # sent, answer withheld
+    ("SELECT now()", "not run: the audit trail was unavailable"),  # a function: never sent
+])
 def test_a_spool_failure_ends_the_session_without_a_gap_in_its_seqs(
-        applied_clinic: Database, full_proxy: RunningProxy, auditor: str) -> None:
+        applied_clinic: Database, full_proxy: RunningProxy, auditor: str, sql: str,
+        note: str) -> None:
     audit = full_proxy.server.audit
     assert audit is not None
     spool = audit._spool
@@ -388,7 +393,7 @@ def test_a_spool_failure_ends_the_session_without_a_gap_in_its_seqs(
         spool.append = broken  # type: ignore[method-assign]
         try:
             with pytest.raises(psycopg.OperationalError, match="audit trail is unavailable"):
-                conn.execute("SELECT 2").fetchall()
+                conn.execute(sql).fetchall()
         finally:
             spool.append = append  # type: ignore[method-assign]
     session_id = session_of(applied_clinic, "agent-7")
@@ -397,7 +402,7 @@ def test_a_spool_failure_ends_the_session_without_a_gap_in_its_seqs(
         "SELECT seq, sqlstate, reason FROM audit.statements WHERE session_id = %s ORDER BY seq",
         (session_id,))
     assert [r[:2] for r in rows] == [(1, None), (2, "58030")]
-    assert rows[1][2].startswith("not run: the audit trail was unavailable")
+    assert rows[1][2].startswith(note)
     assert applied_clinic.execute(
         "SELECT end_reason, end_seq FROM audit.sessions WHERE session_id = %s",
         (session_id,)) == [("audit trail unavailable: the local audit spool failed", 3)]

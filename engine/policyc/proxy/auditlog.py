@@ -1,15 +1,34 @@
 """The proxy's audit log: fail closed on a durable local spool, drained into PostgreSQL.
 
-A statement is forwarded only after its "begin" event is fsynced to the spool
-(:mod:`policyc.proxy.spool`).  Concurrent sessions share fsyncs (group commit): one writer
-task takes every line queued so far, writes them with one ``os.write`` loop and one
-``os.fsync`` on a dedicated I/O thread, and wakes all their callers; lines queued while that
-fsync runs form the next batch.  Thread or inline?  Measured on the development host (local
-disk, fsync ≈ 250 µs, 2 CPUs): inline I/O was 5-15 % faster (8-256 concurrent sessions, about
-10-20 k statements/s either way, 30-100 statements per fsync), because the thread hop costs
-about as much as the fsync.  We still use the thread: inline, every session's socket I/O
-(result rows of unrelated sessions included) stops for the whole fsync, and on networked
-disks an fsync takes milliseconds.
+Every statement's "begin" event is fdatasync'ed to the spool (:mod:`policyc.proxy.spool`)
+before the statement can matter: :meth:`AuditLog.spool_statement` queues it and returns a
+future that is done once the line is durable (or failed with :class:`AuditUnavailable`); the
+session decides what waits for that future — the statement itself, or, for a provably
+side-effect-free read, only its answer (see :mod:`policyc.proxy.session`).
+
+Concurrent sessions share fsyncs (group commit): each write takes every line queued so far
+(one ``os.write`` loop, one ``os.fdatasync``) and wakes all their callers; lines queued while
+it runs form the next batch.  Where the write runs:
+
+* **inline**, on the event loop, scheduled with ``call_soon`` when a waited line is queued
+  (:meth:`AuditLog._inline_flush`): the session has already sent an overlapped read upstream
+  and yielded, so the database runs it during the fsync, and every session whose bytes are
+  ready queues its lines first.  No thread hop: handing a batch to a thread and back costs two
+  wake-ups and two GIL hand-overs, measured at 100-180 µs per statement at one client on the
+  development host (2 CPUs, fdatasync ≈ 150-250 µs), most of what the fsync itself costs;
+  inline was about 30 % faster at one client and no slower at 16.
+* on the **spool thread** (:class:`_SpoolThread`) while the moving average of an append is
+  over :data:`INLINE_MAX_FSYNC` (a slow or networked disk: then the loop must keep serving
+  sessions during the fsync), while that thread owns the spool, and for every other spool call
+  (open, deleting drained segments), so one owner at a time touches the :class:`Spool`.
+
+Fire-and-forget lines (a statement's end, a session's close) never cost an fsync of their
+own: they ride with the next batch, or a timer writes them after ``lazy_delay`` (2 ms).  A
+crash in that window loses an outcome, never a begin: the record is then drained with
+``reason = 'proxy stopped before the statement completed'``, as for any crash.  The hot path
+builds spool lines without ``json.dumps`` (:func:`begin_line`, :func:`end_line`) and leaves
+the drainer's bookkeeping of written batches to the drainer.  A drained segment is deleted on
+the spool thread, sparing every segment written or booked since the drainer's snapshot.
 
 A drainer task pairs "begin" and "end" events and inserts finished statements in one
 ``INSERT ... SELECT FROM jsonb_to_recordset($1) ON CONFLICT (record_id, at) DO NOTHING`` per
@@ -49,15 +68,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import ipaddress
 import json
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
@@ -66,7 +86,13 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from policyc.errors import PolicycError
-from policyc.proxy.records import SessionEnd, SessionRecord, StatementOutcome, StatementRecord
+from policyc.proxy.records import (
+    SessionEnd,
+    SessionRecord,
+    StatementOutcome,
+    StatementRecord,
+    uuid_text,
+)
 from policyc.proxy.spool import RecoveredSegment, Spool
 
 log = logging.getLogger("policyc.proxy.audit")
@@ -83,6 +109,9 @@ MAX_BATCH_PAYLOAD: Final = 16 << 20
 _DRAIN_TIMEOUT: Final = 30.0
 _MAX_BACKOFF: Final = 5.0
 PARTITIONS_EVERY: Final = 6 * 3600.0
+#: The event loop writes and fsyncs the spool itself while one append takes less than this
+#: (moving average); slower disks get the spool thread, so the loop keeps serving sessions.
+INLINE_MAX_FSYNC: Final = 0.002
 UPKEEP_RETRY: Final = 60.0
 
 INSERT_STATEMENTS: Final = """
@@ -176,7 +205,7 @@ def begin_event(rec: StatementRecord) -> dict[str, Any]:
     if rec.decision not in DECISIONS:
         raise ValueError(f"unknown audit decision {rec.decision!r}")
     return {
-        "e": "begin", "record_id": str(rec.record_id), "session_id": str(rec.session_id),
+        "e": "begin", "record_id": rec.record_key, "session_id": uuid_text(rec.session_id),
         "seq": rec.seq, "at": _finite(rec.at) or time.time(), "agent": rec.agent,
         "group": rec.group, "text": rec.text, "decision": rec.decision,
         "parameters": rec.parameters,
@@ -188,12 +217,102 @@ def begin_event(rec: StatementRecord) -> dict[str, Any]:
 
 def end_event(outcome: StatementOutcome) -> dict[str, Any]:
     return {
-        "e": "end", "record_id": str(outcome.record_id), "rows": outcome.rows,
+        "e": "end", "record_id": outcome.record_key, "rows": outcome.rows,
         "duration_ms": _finite(outcome.duration_ms), "sqlstate": outcome.sqlstate,
         "result_digest": outcome.result_digest, "note": outcome.note,
         "result": (None if outcome.result is None
                    else base64.b64encode(outcome.result).decode("ascii")),
     }
+
+
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _json_strings(items: Iterable[str | None]) -> str:
+    return "[" + ",".join("null" if v is None else _encode_str(v) for v in items) + "]"
+
+
+def _json_opt(value: str | None) -> str:
+    return "null" if value is None else _encode_str(value)
+
+
+def _json_int(value: int | None) -> str | None:
+    """JSON for an optional int; None when it is not one (the caller falls back)."""
+    if value is None:
+        return "null"
+    return str(value) if type(value) is int else None
+
+
+def _line(text: str) -> bytes | None:
+    """A spool line, unless it needs scrubbing (a NUL, a lone surrogate): None then."""
+    if "\\u0000" in text:
+        return None
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return None
+
+
+def begin_line(rec: StatementRecord) -> bytes | None:
+    """``encode_event(begin_event(rec))``'s line, built without a dict and ``json.dumps``
+    (the statement hot path); None when only the generic path can write it faithfully."""
+    if rec.decision not in DECISIONS:
+        raise ValueError(f"unknown audit decision {rec.decision!r}")
+    at = rec.at
+    seq = _json_int(rec.seq)
+    approval = _json_int(rec.approval_id)
+    if type(at) is not float or not math.isfinite(at) or seq is None or approval is None:
+        return None
+    params = rec.parameters
+    return _line(
+        '{"e":"begin","record_id":"' + rec.record_key + '","session_id":"'
+        + uuid_text(rec.session_id) + '","seq":' + seq + ',"at":' + repr(at) + ',"agent":'
+        + _encode_str(rec.agent) + ',"group":' + _encode_str(rec.group) + ',"text":'
+        + _encode_str(rec.text) + ',"decision":"' + rec.decision + '","parameters":'
+        + ("null" if params is None else _json_strings(params)) + ',"fingerprint":'
+        + _json_opt(rec.fingerprint) + ',"kind":' + _json_opt(rec.kind) + ',"tables":'
+        + _json_strings(rec.tables) + ',"phi_columns":' + _json_strings(rec.phi_columns)
+        + ',"reason":' + _json_opt(rec.reason) + ',"approval_id":' + approval + "}")
+
+
+def end_line(outcome: StatementOutcome) -> bytes | None:
+    """``encode_event(end_event(outcome))``'s line, built directly; None: use the generic
+    path."""
+    duration = outcome.duration_ms
+    if duration is None or (type(duration) is float and not math.isfinite(duration)):
+        elapsed = "null"
+    elif type(duration) is float:
+        elapsed = repr(duration)
+    else:
+        return None
+    rows = _json_int(outcome.rows)
+    if rows is None:
+        return None
+    result = outcome.result
+    return _line(
+        '{"e":"end","record_id":"' + outcome.record_key + '","rows":' + rows
+        + ',"duration_ms":' + elapsed + ',"sqlstate":' + _json_opt(outcome.sqlstate)
+        + ',"result_digest":' + _json_opt(outcome.result_digest) + ',"note":'
+        + _json_opt(outcome.note) + ',"result":'
+        + ("null" if result is None else '"' + base64.b64encode(result).decode("ascii") + '"')
+        + "}")
+
+
+#: What a spool line stands for in memory: its event as a dict (generic path, recovery), or
+#: the record / outcome it was built from (hot path; turned into a row when drained).
+Event = dict[str, Any] | StatementRecord | StatementOutcome
+
+
+def _event_dict(event: Event) -> dict[str, Any]:
+    if isinstance(event, StatementRecord):
+        return begin_event(event)
+    if isinstance(event, StatementOutcome):
+        return end_event(event)
+    return event
+
+
+def _event_at(event: Event) -> Any:
+    return event.at if isinstance(event, StatementRecord) else _event_dict(event).get("at")
 
 
 def session_row(rec: SessionRecord, outcome: str, proxy: str) -> dict[str, Any]:
@@ -214,10 +333,10 @@ def session_row(rec: SessionRecord, outcome: str, proxy: str) -> dict[str, Any]:
     return row
 
 
-def statement_row(begin: dict[str, Any], end: dict[str, Any] | None,
-                  note: str | None = None) -> dict[str, Any]:
+def statement_row(begin_: Event, end_: Event | None, note: str | None = None) -> dict[str, Any]:
     """An audit.statements row from a begin event and its end event (or none, with a note)."""
-    end = end or {}
+    begin = _event_dict(begin_)
+    end = _event_dict(end_) if end_ is not None else {}
     reasons = [r for r in (begin.get("reason"), end.get("note"), note) if r]
     return {
         "record_id": begin.get("record_id"), "session_id": begin.get("session_id"),
@@ -239,14 +358,14 @@ class _Write:
     """Lines waiting for the writer; ``future`` is None for fire-and-forget events."""
 
     data: bytes
-    events: list[dict[str, Any]]
+    events: list[Event]
     sizes: list[int]
     future: asyncio.Future[None] | None
 
 
 @dataclass
 class _Open:
-    event: dict[str, Any]
+    event: Event
     segment: int
     size: int
 
@@ -261,9 +380,221 @@ class _Work:
     size: int
     unregister: int | None = None
 
+    @staticmethod
+    def statement(begin: _Open, end: Event | None, segment: int | None, size: int,
+                  note: str | None = None) -> _Work:
+        segments = (begin.segment,) if segment is None else (begin.segment, segment)
+        return _Work("statement", statement_row(begin.event, end, note), segments,
+                     begin.size + size)
+
 
 def _sqlstate(exc: BaseException) -> str:
     return getattr(exc, "sqlstate", None) or type(exc).__name__
+
+
+class _SpoolThread:
+    """The spool's own thread: it writes and fsyncs batches of lines and runs every other
+    spool call, in order.  ``busy`` (under the condition's lock) says who owns the
+    :class:`Spool` right now: this thread, or the event loop writing a batch inline.
+
+    The event loop hands lines over with :meth:`put` (a lock and a condition: no executor,
+    no task, no future per batch) and hears back once per batch through
+    ``call_soon_threadsafe``.  A line someone waits for wakes the thread at once (``"now"``)
+    unless the loop writes it itself (``"quiet"``, see :meth:`AuditLog._inline_flush`).  A
+    fire-and-forget line (a statement's end, a session's close) is queued quietly too: it
+    rides with the next batch, or the audit log's timer kicks it out (:meth:`kick`) after
+    ``lazy_delay``, so it never costs an fsync of its own that the next begin would queue
+    behind, nor a wake-up of this thread per statement.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        self._cond = threading.Condition(threading.Lock())
+        self._lines: list[_Write] = []
+        self._inflight: list[_Write] = []
+        self._urgent = False
+        self._busy = False
+        # segments holding lines written but not yet absorbed by the event loop, and segments
+        # absorbed into since the loop's last snapshot of what is live: never deleted
+        self._undelivered: dict[int, int] = {}
+        self._recent: set[int] = set()
+        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...],
+                                 concurrent.futures.Future[Any]]] = deque()
+        self._mode: Literal["run", "exit", "abort"] = "run"
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._written: Callable[[list[_Write], int, float], None] | None = None
+        self._failed: Callable[[list[_Write], OSError, bool], None] | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop,
+              written: Callable[[list[_Write], int, float], None],
+              failed: Callable[[list[_Write], OSError, bool], None]) -> None:
+        self._loop, self._written, self._failed = loop, written, failed
+        self._thread = threading.Thread(target=self._run, name="policyc-audit-spool",
+                                        daemon=True)
+        self._thread.start()
+
+    # --- called on the event loop -------------------------------------------------------
+    def put(self, write: _Write, *, now: bool) -> None:
+        with self._cond:
+            self._lines.append(write)
+            if now and not self._urgent:
+                self._urgent = True
+                self._cond.notify()
+
+    @property
+    def queued(self) -> bool:
+        return bool(self._lines)
+
+    def kick(self) -> None:
+        """Write whatever is queued now, lazy lines included."""
+        with self._cond:
+            if self._lines:
+                self._urgent = True
+                self._cond.notify()
+
+    def take(self) -> list[_Write] | None:
+        """Everything queued, for the event loop to write itself; None while the thread owns
+        the spool (or nothing is queued).  Hand the spool back with :meth:`release`."""
+        with self._cond:
+            if self._busy or not self._lines or self._mode != "run":
+                return None
+            batch, self._lines, self._urgent = self._lines, [], False
+            self._busy = True
+            self._inflight = batch
+            return batch
+
+    def release(self, retry: list[_Write], written: int | None = None) -> None:
+        """The owner is done with the spool (``written``: it appended a batch to that
+        segment); ``retry`` goes back to the queue's head."""
+        with self._cond:
+            self._busy = False
+            self._inflight = []
+            if written is not None:
+                self._undelivered[written] = self._undelivered.get(written, 0) + 1
+            if retry:
+                self._lines[:0] = retry
+            if self._lines or self._calls or self._mode != "run":
+                self._cond.notify()
+
+    def absorbed(self, segment: int) -> None:
+        """On the event loop: a batch written to ``segment`` is now in the loop's books."""
+        with self._cond:
+            left = self._undelivered.get(segment, 0) - 1
+            if left > 0:
+                self._undelivered[segment] = left
+            else:
+                self._undelivered.pop(segment, None)
+            self._recent.add(segment)
+
+    def snapshot(self) -> None:
+        """On the event loop, right before it computes what is live from its books."""
+        with self._cond:
+            self._recent.clear()
+
+    def delete_unreferenced(self, live: set[int]) -> list[int]:
+        """On this thread: delete drained segments, sparing ``live`` (the loop's snapshot)
+        and whatever was written or absorbed since that snapshot."""
+        with self._cond:
+            keep = live | self._recent | set(self._undelivered)
+        return self._spool.delete_unreferenced(keep)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._cond:
+            if self._thread is None or self._mode != "run":
+                future.set_exception(OSError("the audit spool is closed"))
+                return future
+            self._calls.append((fn, args, future))
+            self._cond.notify()
+        return future
+
+    def stop(self, *, abort: bool) -> list[_Write]:
+        """Stop the thread: after writing what is queued, or (``abort``) at once.  Returns
+        the lines that were never written (abort only)."""
+        with self._cond:
+            self._mode = "abort" if abort else "exit"
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._cond:
+            left = self._inflight + self._lines
+            self._inflight, self._lines = [], []
+        for _fn, _args, future in self._calls:
+            if future.set_running_or_notify_cancel():  # not cancelled by its caller
+                future.set_exception(OSError("the audit spool is closed"))
+        self._calls.clear()
+        return left if abort else []
+
+    # --- the thread ---------------------------------------------------------------------
+    def _next(self) -> tuple[Any, list[_Write]] | None:
+        """Wait for work: a call, or a batch of lines; None when the thread must end."""
+        cond = self._cond
+        with cond:
+            while True:
+                if self._mode == "abort":
+                    return None
+                if self._busy:  # the event loop is writing a batch itself
+                    cond.wait()
+                    continue
+                if self._lines and (self._urgent or self._mode == "exit"):
+                    break  # before other calls: a statement is waiting for this
+                if self._calls:
+                    self._busy = True
+                    return self._calls.popleft(), []
+                if self._mode == "exit":
+                    return None
+                cond.wait()  # lines not urgent: the event loop writes them or kicks
+            batch, self._lines, self._urgent = self._lines, [], False
+            self._busy = True
+            self._inflight = batch
+            return None, batch
+
+    def _run(self) -> None:
+        loop = self._loop
+        assert loop is not None and self._written is not None and self._failed is not None
+        while True:
+            work = self._next()
+            if work is None:
+                return
+            call, batch = work
+            if call is not None:
+                fn, args, future = call
+                try:
+                    if future.set_running_or_notify_cancel():
+                        try:
+                            future.set_result(fn(*args))
+                        except BaseException as exc:  # handed to the awaiting coroutine
+                            future.set_exception(exc)
+                finally:
+                    self.release([])
+                continue
+            started = time.perf_counter()
+            try:
+                segment = self._spool.append(b"".join(w.data for w in batch))
+            except OSError as exc:
+                dropped = self._mode != "run"
+                # fire-and-forget lines are retried; waited ones fail
+                self.release([] if dropped else [w for w in batch if w.future is None])
+                if dropped:
+                    log.error("audit spool unwritable at stop: %d queued event(s) lost",
+                              sum(len(w.events) for w in batch))
+                self._report(loop, self._failed, batch, exc, dropped)
+                with self._cond:  # not in a spin: retry after a pause or with new work
+                    if self._mode == "run" and not self._calls:
+                        self._cond.wait(0.05)
+                    if self._lines:
+                        self._urgent = True
+                continue
+            self.release([], segment)
+            self._report(loop, self._written, batch, segment, time.perf_counter() - started)
+
+    @staticmethod
+    def _report(loop: asyncio.AbstractEventLoop, callback: Callable[..., None],
+                *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+            loop.call_soon_threadsafe(callback, *args)
 
 
 class AuditLog:
@@ -273,7 +604,8 @@ class AuditLog:
                  max_spool_bytes: int = 1 << 30, segment_bytes: int = 8 << 20,
                  drain_interval: float = 0.05, batch_size: int = 1000,
                  db_timeout: float = 5.0, stale_after: float = 3600.0,
-                 checkpoint_interval: float = 60.0) -> None:
+                 checkpoint_interval: float = 60.0, lazy_delay: float = 0.002,
+                 inline: bool = True) -> None:
         self._conninfo = conninfo
         # the current segment is never deleted: keep it small next to the limit
         segment_bytes = max(4096, min(segment_bytes, max_spool_bytes // 8))
@@ -285,17 +617,20 @@ class AuditLog:
         self._db_timeout = db_timeout
         self._stale_after = stale_after
         self._checkpoint_interval = max(0.0, checkpoint_interval)  # 0: only at close
-        self._executor: ThreadPoolExecutor | None = None
         self._running = False
         self._closing = False
         self._stopping = False
-        # writer
-        self._queue: list[_Write] = []
-        self._queued_bytes = 0
-        self._writing = False
-        self._inflight: list[_Write] = []
-        self._write_wake = asyncio.Event()
-        self._writer_task: asyncio.Task[None] | None = None
+        # writer: lines go to the spool thread; these counters are the event loop's own
+        self._thread = _SpoolThread(self._spool)
+        self._inline = inline
+        self._inline_scheduled = False
+        self._lazy_delay = max(0.0, lazy_delay)
+        self._lazy_timer: asyncio.TimerHandle | None = None
+        self._lazy_since: float | None = None  # when the oldest unwritten lazy line came
+        self._unabsorbed: list[tuple[list[_Write], int]] = []  # written, not yet in the books
+        self._fsync_seconds = 0.0  # moving average of one append (write + fdatasync)
+        self._unwritten = 0  # _Writes handed to the thread and not yet reported back
+        self._queued_bytes = 0  # their bytes
         self._write_failing = False
         # drainer
         self._open: dict[str, _Open] = {}
@@ -327,16 +662,15 @@ class AuditLog:
         """Open the spool, recover what a previous run left, connect, start the tasks."""
         if self._running or self._stopping:
             raise RuntimeError("an AuditLog is started once")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policyc-audit")
+        self._thread.start(asyncio.get_running_loop(), self._written, self._failed)
         try:
             recovered = await self._io(self._spool.open)
         except OSError as exc:
-            self._executor.shutdown(wait=False)
+            self._thread.stop(abort=True)
             raise AuditUnavailable(f"the audit spool cannot be opened: {exc.strerror or exc}",
                                    "the proxy cannot start") from exc
         self._recover(recovered)
         self._running = True
-        self._writer_task = asyncio.create_task(self._writer_loop(), name="policyc-audit-writer")
         self._drainer_task = asyncio.create_task(self._drainer_loop(),
                                                  name="policyc-audit-drainer")
         self._drain_wake.set()
@@ -353,10 +687,9 @@ class AuditLog:
         await self._wait_written()
         self._stopping = True
         self._drain_wake.set()
-        self._write_wake.set()
-        for task in (self._drainer_task, self._writer_task):
-            if task is not None:
-                await task
+        if self._drainer_task is not None:
+            await self._drainer_task
+        self._absorb_pending()
         self._recover_open(RECOVERED_REASON)
         if self._work or self._unregister:
             await self._drain_once()
@@ -373,15 +706,14 @@ class AuditLog:
         if not self._running:
             return
         self._closing = self._stopping = True
-        for task in (self._drainer_task, self._writer_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        for pending in self._inflight + self._queue:
+        if self._drainer_task is not None:
+            self._drainer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer_task
+        for pending in self._thread.stop(abort=True):
             if pending.future is not None and not pending.future.done():
                 pending.future.set_exception(AuditUnavailable("the audit log was stopped"))
-        self._queue.clear()
+        self._unwritten = self._queued_bytes = 0
         await self._shutdown()
 
     async def flush(self, timeout: float = 10.0) -> bool:
@@ -392,10 +724,10 @@ class AuditLog:
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not (self._queue or self._writing or self._draining or self._work
-                    or self._unregister):
+            self._absorb_pending()
+            if not (self._unwritten or self._draining or self._work or self._unregister):
                 return True
-            self._write_wake.set()
+            self._thread.kick()
             self._drain_wake.set()
             await asyncio.sleep(min(0.005, self._drain_interval))
         return False
@@ -403,9 +735,31 @@ class AuditLog:
     # --- statements -----------------------------------------------------------------------
     async def begin_statement(self, rec: StatementRecord) -> None:
         """Return only once the statement's record is durable on disk."""
-        future = self._enqueue([begin_event(rec)], wait=True, limit=True)
+        await self.spool_statement(rec)
+
+    def spool_statement(self, rec: StatementRecord,
+                        outcome: StatementOutcome | None = None) -> asyncio.Future[None]:
+        """Queue the statement's begin (with ``outcome``: begin and end, for a statement that
+        never reaches the database) and return a future done once it is durable on disk, or
+        failed with :class:`AuditUnavailable`.  Raises :class:`AuditUnavailable` at once when
+        the log is not running or the spool is full.  The session decides what waits for
+        the future: the statement (forwarded only once it is done), or only its answer.
+        """
+        if outcome is not None and outcome.record_id != rec.record_id:
+            raise ValueError("outcome belongs to another record")
+        line = begin_line(rec)
+        end = b"" if outcome is None else end_line(outcome)
+        if line is not None and end is not None:
+            if outcome is None:
+                future = self._enqueue_lines(line, [rec], [len(line)], wait=True, limit=True)
+            else:
+                future = self._enqueue_lines(line + end, [rec, outcome], [len(line), len(end)],
+                                             wait=True, limit=True)
+        else:
+            events = [begin_event(rec)] + ([] if outcome is None else [end_event(outcome)])
+            future = self._enqueue(events, wait=True, limit=True)
         assert future is not None
-        await future
+        return future
 
     def finish_statement(self, outcome: StatementOutcome) -> None:
         """Queue the statement's end; it is written with the next batch."""
@@ -413,15 +767,17 @@ class AuditLog:
             log.warning("audit log is not running: outcome of record %s not recorded",
                         outcome.record_id)
             return
-        self._enqueue([end_event(outcome)], wait=False, limit=False)
+        line = end_line(outcome)
+        if line is None:
+            self._enqueue([end_event(outcome)], wait=False, limit=False)
+        else:
+            self._enqueue_lines(line, [outcome], [len(line)], wait=False, limit=False)
 
     async def record_statement(self, rec: StatementRecord, outcome: StatementOutcome) -> None:
         """Record a statement that never reaches the database (blocked, refused), durably."""
         if outcome.record_id != rec.record_id:
             raise ValueError("outcome belongs to another record")
-        future = self._enqueue([begin_event(rec), end_event(outcome)], wait=True, limit=True)
-        assert future is not None
-        await future
+        await self.spool_statement(rec, outcome)
 
     def record_statement_later(self, rec: StatementRecord, outcome: StatementOutcome) -> None:
         """Queue a statement that did not run because its record could not be made durable in
@@ -513,10 +869,11 @@ class AuditLog:
 
     def stats(self) -> dict[str, int]:
         """Counters for tests and the benchmark."""
+        self._absorb_pending()
         counts = dict(self._counts)
         counts.update(
             pending=counts["spooled"] - counts["drained"], open=len(self._open),
-            ready=len(self._work), queued=len(self._queue), quarantined=len(self._quarantine),
+            ready=len(self._work), queued=self._unwritten, quarantined=len(self._quarantine),
             bytes=self._spool.total_bytes, segments=len(self._spool.sizes),
             fsyncs=self._spool.fsyncs,
         )
@@ -525,10 +882,15 @@ class AuditLog:
     # --- writer ---------------------------------------------------------------------------
     def _enqueue(self, events: list[dict[str, Any]], *, wait: bool,
                  limit: bool) -> asyncio.Future[None] | None:
-        if not self._running or self._stopping or (wait and self._closing):
-            raise AuditUnavailable("the audit log is not running")
         encoded = [encode_event(e) for e in events]
         data = b"".join(line for _, line in encoded)
+        return self._enqueue_lines(data, [e for e, _ in encoded],
+                                   [len(line) for _, line in encoded], wait=wait, limit=limit)
+
+    def _enqueue_lines(self, data: bytes, kept: list[Event], sizes: list[int], *, wait: bool,
+                       limit: bool) -> asyncio.Future[None] | None:
+        if not self._running or self._stopping or (wait and self._closing):
+            raise AuditUnavailable("the audit log is not running")
         if limit and (self._spool.total_bytes + self._queued_bytes + len(data)
                       > self._max_spool_bytes):
             self._counts["full_refusals"] += 1
@@ -538,79 +900,140 @@ class AuditLog:
                           "audit database drains it", self._spool.total_bytes)
             raise AuditUnavailable("the local audit spool is full and the audit database "
                                    "has not drained it")
-        future = asyncio.get_running_loop().create_future() if wait else None
-        self._queue.append(_Write(data, [e for e, _ in encoded],
-                                  [len(line) for _, line in encoded], future))
+        self._unwritten += 1
         self._queued_bytes += len(data)
-        self._write_wake.set()
+        loop = asyncio.get_running_loop()
+        if not wait:
+            self._thread.put(_Write(data, kept, sizes, None), now=False)
+            if self._lazy_since is None:
+                self._lazy_since = time.monotonic()
+            if self._lazy_timer is None:
+                self._lazy_timer = loop.call_later(self._lazy_delay, self._lazy_due)
+            return None
+        future = loop.create_future()
+        write = _Write(data, kept, sizes, future)
+        if self._inline and self._fsync_seconds < INLINE_MAX_FSYNC:
+            self._thread.put(write, now=False)
+            if not self._inline_scheduled:
+                self._inline_scheduled = True
+                loop.call_soon(self._inline_flush)
+        else:
+            self._thread.put(write, now=True)
         return future
 
-    async def _writer_loop(self) -> None:
-        while True:
-            await self._write_wake.wait()
-            self._write_wake.clear()
-            while self._queue:
-                batch, self._queue = self._queue, []
-                self._queued_bytes = 0
-                self._writing = True
-                self._inflight = batch
-                try:
-                    written = await self._write(batch)
-                finally:
-                    self._writing = False
-                    self._inflight = []
-                if not written and self._stopping:
-                    log.error("audit spool unwritable at stop: %d queued event(s) lost",
-                              sum(len(w.events) for w in self._queue))
-                    self._queue.clear()
-                elif not written:
-                    await asyncio.sleep(0.05)  # retry fire-and-forget lines, not in a spin
-            if self._stopping and not self._queue:
-                return
+    def _lazy_due(self) -> None:
+        """Fire-and-forget lines waited ``lazy_delay`` for a batch to ride with: write them."""
+        self._lazy_timer = None
+        if not self._thread.queued or self._inline_scheduled:
+            return
+        now = time.monotonic()
+        if self._lazy_since is None:
+            self._lazy_since = now
+        wait = self._lazy_since + self._lazy_delay - now
+        if wait > 0:  # what is queued came after the last batch took the older lines
+            self._lazy_timer = asyncio.get_running_loop().call_later(wait, self._lazy_due)
+            return
+        if self._inline and self._fsync_seconds < INLINE_MAX_FSYNC and self._running:
+            self._inline_flush()
+        else:
+            self._thread.kick()
 
-    async def _write(self, batch: list[_Write]) -> bool:
-        data = b"".join(w.data for w in batch)
+    def _inline_flush(self) -> None:
+        """Write and fsync what is queued, on the event loop, once the callbacks ready now
+        have run (see the module docstring); while the spool thread owns the spool, the batch
+        goes to it instead."""
+        self._inline_scheduled = False
+        batch = self._thread.take()
+        if batch is None:
+            self._thread.kick()
+            return
+        self._lazy_since = None  # every queued line goes now
+        started = time.perf_counter()
         try:
-            segment = await self._io(self._spool.append, data)
+            segment = self._spool.append(b"".join(w.data for w in batch))
         except OSError as exc:
-            self._counts["io_errors"] += 1
-            if not self._write_failing:
-                self._write_failing = True
-                log.error("audit spool write failed (%s): refusing statements",
-                          exc.strerror or type(exc).__name__)
-            retry = [w for w in batch if w.future is None]
-            for w in batch:
-                if w.future is not None and not w.future.done():
-                    w.future.set_exception(AuditUnavailable("the local audit spool failed"))
-            self._queue[:0] = retry
-            self._queued_bytes += sum(len(w.data) for w in retry)
-            return False
+            self._thread.release([w for w in batch if w.future is None])
+            self._failed(batch, exc, False)
+            self._thread.kick()  # the thread retries the fire-and-forget lines
+            return
+        self._thread.release([], segment)
+        self._written(batch, segment, time.perf_counter() - started)
+
+    def _written(self, batch: list[_Write], segment: int, seconds: float) -> None:
+        """On the event loop: ``batch`` is durable in ``segment``; writing it took
+        ``seconds``."""
+        if not self._running:
+            return  # aborted meanwhile: its callers were already told
+        self._fsync_seconds += (seconds - self._fsync_seconds) * 0.1
+        self._queued_bytes -= sum(len(w.data) for w in batch)
         if self._write_failing:
             self._write_failing = False
             log.warning("audit spool writable again")
         self._counts["write_batches"] += 1
         for w in batch:
+            future = w.future
+            if future is not None and not future.done():
+                future.set_result(None)
+        # the drainer's books are kept by the drainer (off the statements' path), or sooner
+        # when much is waiting
+        self._unabsorbed.append((batch, segment))
+        if len(self._unabsorbed) >= 64:
+            self._drain_wake.set()
+
+    def _absorb_pending(self) -> None:
+        """Take the batches written since last time into the drainer's books, in order."""
+        pending, self._unabsorbed = self._unabsorbed, []
+        for batch, segment in pending:
+            self._absorb_batch(batch, segment)
+
+    def _absorb_batch(self, batch: list[_Write], segment: int) -> None:
+        if not self._running:
+            return
+        self._unwritten -= len(batch)
+        for w in batch:
             for event, size in zip(w.events, w.sizes, strict=True):
                 self._absorb(event, segment, size, live=True)
-        for w in batch:
-            if w.future is not None and not w.future.done():
-                w.future.set_result(None)
+        self._thread.absorbed(segment)
         if len(self._work) >= self._batch_size and not self._outage:
             self._drain_wake.set()
-        return True
+
+    def _failed(self, batch: list[_Write], exc: OSError, dropped: bool) -> None:
+        """On the event loop: writing ``batch`` failed.  Waited lines fail their callers;
+        the thread retries the others (unless ``dropped``: the log is stopping)."""
+        if not self._running:
+            return
+        self._counts["io_errors"] += 1
+        if not self._write_failing:
+            self._write_failing = True
+            log.error("audit spool write failed (%s): refusing statements",
+                      exc.strerror or type(exc).__name__)
+        for w in batch:
+            if w.future is not None or dropped:
+                self._unwritten -= 1
+                self._queued_bytes -= len(w.data)
+            if w.future is not None and not w.future.done():
+                w.future.set_exception(AuditUnavailable("the local audit spool failed"))
 
     async def _wait_written(self) -> None:
-        while (self._queue or self._writing) and not self._write_failing:
-            self._write_wake.set()
+        self._absorb_pending()
+        while self._unwritten and not self._write_failing:
+            self._thread.kick()
             await asyncio.sleep(0.001)
+            self._absorb_pending()
 
     # --- bookkeeping ----------------------------------------------------------------------
-    def _absorb(self, event: dict[str, Any], segment: int, size: int, *, live: bool) -> None:
+    def _absorb(self, event: Event, segment: int, size: int, *, live: bool) -> None:
         """Account for one durable event and turn it into work when it is complete."""
         self._refs[segment] = self._refs.get(segment, 0) + 1
         self._counts["spooled"] += 1
-        kind = event.get("e")
-        rid = event.get("record_id")
+        kind: Any
+        rid: Any
+        if isinstance(event, StatementRecord):
+            kind, rid = "begin", event.record_key
+        elif isinstance(event, StatementOutcome):
+            kind, rid = "end", event.record_key
+        else:
+            kind, rid = event.get("e"), event.get("record_id")
         if kind == "begin" and isinstance(rid, str):
             if rid in self._open:
                 self._release((segment,))  # a duplicate line: the first one counts
@@ -621,12 +1044,11 @@ class AuditLog:
             if opened is None:
                 self._release((segment,))  # its begin is already drained (stale or replay)
             else:
-                self._work.append(_Work("statement", statement_row(opened.event, event),
-                                        (opened.segment, segment), opened.size + size))
-        elif kind == "session_refused":
+                self._work.append(_Work.statement(opened, event, segment, size))
+        elif kind == "session_refused" and isinstance(event, dict):
             row = {k: v for k, v in event.items() if k != "e"}
             self._work.append(_Work("session", row, (segment,), size))
-        elif kind == "session_end":
+        elif kind == "session_end" and isinstance(event, dict):
             pid = event.get("pid")
             sid = event.get("session_id")
             unregister = pid if live and isinstance(pid, int) and isinstance(sid, str) else None
@@ -660,12 +1082,11 @@ class AuditLog:
         """Turn begins without an end into work with ``reason``; returns how many."""
         count = 0
         for rid, opened in list(self._open.items()):
-            at = opened.event.get("at")
+            at = _event_at(opened.event)
             if older_than is not None and isinstance(at, int | float) and at > older_than:
                 continue
             del self._open[rid]
-            self._work.append(_Work("statement", statement_row(opened.event, None, reason),
-                                    (opened.segment,), opened.size))
+            self._work.append(_Work.statement(opened, None, None, 0, reason))
             count += 1
         return count
 
@@ -691,6 +1112,7 @@ class AuditLog:
             self._drain_wake.clear()
             if self._stopping:
                 return
+            self._absorb_pending()
             self._expire_stale()
             drained = await self._drain_once()
             backoff = 0.0 if drained else min(max(backoff * 2, 0.1), _MAX_BACKOFF)
@@ -706,6 +1128,7 @@ class AuditLog:
     async def _drain_once(self) -> bool:
         """Drain all ready work; False when the database is unreachable."""
         self._draining = True
+        self._absorb_pending()
         try:
             if time.monotonic() >= self._next_partitions:
                 await self._ensure_partitions()  # before inserting into them
@@ -858,11 +1281,14 @@ class AuditLog:
                                 _sqlstate(exc))
 
     async def _delete_drained(self) -> None:
+        self._thread.snapshot()
         live = set(self._refs)
         if all(n in live or n == self._spool.current for n in list(self._spool.sizes)):
             return
         try:
-            await self._io(self._spool.delete_unreferenced, live)
+            # decided on the spool thread: a batch written (or absorbed) after this snapshot
+            # keeps its segment even though ``live`` does not know it yet
+            await self._io(self._thread.delete_unreferenced, live)
         except OSError as exc:
             log.warning("audit spool: drained segment not removed (%s)",
                         exc.strerror or type(exc).__name__)
@@ -908,13 +1334,15 @@ class AuditLog:
                 await conn.close()
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run a spool call on the spool thread, in order with its writes."""
+        return await asyncio.wrap_future(self._thread.call(fn, *args))
 
     async def _shutdown(self) -> None:
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
+        self._thread.stop(abort=False)
         self._running = False
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
         self._spool.close()
         for conn in (self._drain_conn, self._session_conn):
             if conn is not None:

@@ -108,7 +108,8 @@ class StatementInfo:
     ``setting`` is the lower-cased GUC of SET/RESET/SHOW (``"transaction"``,
     ``"session characteristics"``, ``"constraints"`` for the multi-forms, ``"all"`` for
     RESET ALL / SHOW ALL); ``name`` is the prepared statement or cursor name of
-    PREPARE/EXECUTE/DEALLOCATE/DECLARE/FETCH/CLOSE.
+    PREPARE/EXECUTE/DEALLOCATE/DECLARE/FETCH/CLOSE.  ``side_effect_free`` is proven, never
+    guessed: see :func:`side_effect_free`.
     """
 
     kind: StatementKind
@@ -120,6 +121,7 @@ class StatementInfo:
     ctes: frozenset[str] = frozenset()
     setting: str | None = None
     name: str | None = None
+    side_effect_free: bool = False
 
     @property
     def tables_without_ctes(self) -> frozenset[TableName]:
@@ -542,6 +544,7 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
 
     return StatementInfo(
         kind=kind,
+        side_effect_free=kind in ("select", "show") and side_effect_free(wrapper),
         text=text,
         tables=frozenset(collector.tables),
         columns=_resolve_columns(collector),
@@ -551,6 +554,62 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
         setting=setting,
         name=name,
     )
+
+
+# --------------------------------------------------------------------------- side effects
+
+#: Parse-tree nodes a side-effect-free read may contain: an allow-list, so a node type not
+#: named here (a function call, TABLESAMPLE, XMLTABLE, a locking clause, a data-modifying
+#: CTE, any statement but SELECT/SHOW ...) makes the statement "may have side effects".
+_PURE_NODES: Final = frozenset(
+    {
+        "SelectStmt", "VariableShowStmt", "ResTarget", "ColumnRef", "A_Star", "A_Const",
+        "String", "Integer", "Float", "Boolean", "BitString", "ParamRef", "A_Expr",
+        "BoolExpr", "NullTest", "BooleanTest", "CoalesceExpr", "MinMaxExpr", "CaseExpr",
+        "CaseWhen", "SubLink", "RangeVar", "RangeSubselect", "JoinExpr", "Alias", "SortBy",
+        "WithClause", "CommonTableExpr", "List", "TypeCast", "TypeName", "CollateClause",
+        "RowExpr", "A_ArrayExpr", "A_Indirection", "A_Indices", "SQLValueFunction",
+        "GroupingSet",
+    }
+)
+#: Fields that make a SELECT write or lock: SELECT INTO, FOR UPDATE/SHARE.
+_IMPURE_FIELDS: Final = frozenset({"intoClause", "lockingClause"})
+#: Name lists (operators, types) that must resolve to the system catalog: a qualified name
+#: outside ``pg_catalog`` could be an operator or type whose functions the agent chose.
+_NAME_FIELDS: Final = frozenset({"name", "useOp", "names"})
+
+
+def side_effect_free(statement: Any) -> bool:
+    """True only when the statement (a ``{"SelectStmt": ...}`` / ``{"VariableShowStmt": ...}``
+    node) provably changes nothing when run: a plain SELECT (VALUES, TABLE) or SHOW that
+    names no function at all (aggregates included), no locking clause, no SELECT INTO, no
+    data-modifying CTE, no TABLESAMPLE method, and no operator or type outside
+    ``pg_catalog`` by a qualified name.  What the database adds on its own (the group's
+    masking views and row filters, a column type's output function) is the database's, not
+    the agent's.  Iterative: an adversarial nesting cannot exhaust the stack.
+    """
+    stack: list[Any] = [statement]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        for key, value in item.items():
+            first = key[:1]
+            if first.isupper():  # a node: {"Type": {...}}
+                if key not in _PURE_NODES:
+                    return False
+            elif key in _IMPURE_FIELDS:
+                return False
+            elif key in _NAME_FIELDS and isinstance(value, list) and len(value) > 1:
+                qualified = names(value)
+                if len(qualified) != len(value) or qualified[0] != "pg_catalog":
+                    return False
+            if isinstance(value, dict | list):
+                stack.append(value)
+    return True
 
 
 def _copy(body: JsonNode, collector: _Collector) -> StatementKind:

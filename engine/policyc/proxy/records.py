@@ -6,9 +6,22 @@ timestamptz. Nothing here holds a credential or a token.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+#: ``str(uuid)`` of session ids, which every record of a session repeats.
+uuid_text = functools.lru_cache(maxsize=4096)(str)
+
+
+def _record_key(record: Any) -> str:
+    """``str(record.record_id)``, kept in the (frozen) instance's ``__dict__``."""
+    key: str | None = record.__dict__.get("_record_key")
+    if key is None:
+        key = str(record.record_id)
+        object.__setattr__(record, "_record_key", key)
+    return key
 
 
 def new_id() -> uuid.UUID:
@@ -70,6 +83,12 @@ class StatementRecord:
     reason: str | None = None
     approval_id: int | None = None
 
+    @property
+    def record_key(self) -> str:
+        """``str(record_id)``, computed once (the spool line and the drainer's books use it;
+        not ``functools.cached_property``, which takes a lock on every first access)."""
+        return _record_key(self)
+
 
 @dataclass(frozen=True)
 class StatementOutcome:
@@ -84,3 +103,8 @@ class StatementOutcome:
     result_digest: str | None = None
     note: str | None = None
     result: bytes | None = None
+
+    @property
+    def record_key(self) -> str:
+        """``str(record_id)``, computed once."""
+        return _record_key(self)

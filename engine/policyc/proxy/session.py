@@ -1,7 +1,19 @@
 """One agent session after login: the message pump between client and database.
 
-Every client message is decided before it is forwarded; every statement is recorded durably
-(the audit log's spool) before its bytes go upstream. The proxy never answers for the server
+Every client message is decided before it is forwarded, and every statement is recorded
+durably in the audit log's spool before it can matter.  The durability point:
+
+* a provably side-effect-free read (``Decision.side_effect_free``: a plain SELECT, VALUES,
+  TABLE or SHOW naming no function, no locking clause, no SELECT INTO, no writable CTE, that
+  the group may run as it is) goes upstream as soon as its record is queued, and the database
+  runs it while the record is written; its answer waits: no byte of any response to that
+  batch leaves the proxy before the record is durable (``Expect.gate``).  If the record cannot
+  be made durable the answer is dropped, the client gets 58030 and the session ends;
+* every other statement (writes, function calls, transaction control, cursors, COPY, SET,
+  PREPARE/EXECUTE, holds, refusals ...) reaches the database only once its record is durable.
+
+So for a read the record is durable before the first byte of its answer leaves the proxy; for
+everything else, before the statement reaches the server.  The proxy never answers for the server
 mid-stream: a refused statement is replaced by a "poison" the server fails on (``SELECT 1/0``
 for simple queries, a syntax error for Parse), and that error is rewritten into ours. So the
 server keeps its own transaction and pipeline semantics (an error aborts the transaction and
@@ -17,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -24,7 +37,6 @@ import struct
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,12 +73,14 @@ POISON_QUERY = "SELECT 1/0"
 POISON_PARSE = "policyc refused this statement"
 POISON_STATEMENT = "policyc_refused_statement"
 MAX_AUDIT_TEXT = 100_000
+#: Bytes buffered in a transport before a pump waits for it to drain.
+WRITE_HIGH_WATER = 1 << 20
 
 
 class AuditSink(Protocol):
-    async def begin_statement(self, rec: StatementRecord) -> None: ...
+    def spool_statement(self, rec: StatementRecord,
+                        outcome: StatementOutcome | None = None) -> asyncio.Future[None]: ...
     def finish_statement(self, outcome: StatementOutcome) -> None: ...
-    async def record_statement(self, rec: StatementRecord, outcome: StatementOutcome) -> None: ...
     def record_statement_later(self, rec: StatementRecord,
                                outcome: StatementOutcome) -> None: ...
     def end_session(self, end: SessionEnd, backend_pid: int | None) -> None: ...
@@ -105,6 +119,9 @@ class Expect:
     portal: Portal | None = None  # for Describe of a portal: learns its RowDescription
     explain: asyncio.Future[int | None] | None = None  # an in-band EXPLAIN the proxy asked
     explain_rows: int | None = None
+    # the response goes to the client only once this is done (its batch was sent upstream
+    # before its records were durable); a failed gate ends the session instead
+    gate: asyncio.Future[None] | None = None
 
 
 @dataclass
@@ -177,6 +194,14 @@ class Session:
     end_reason: str = "client closed the connection"
     _error_sqlstate: str | None = None
     _batch_units: list[Unit] = field(default_factory=list)
+    # records queued for the spool in this client batch: (record, durability, the unit whose
+    # answer may wait for it when the statement goes upstream first; None: it may not)
+    _spooled: list[tuple[StatementRecord, asyncio.Future[None], Unit | None]] = field(
+        default_factory=list)
+    _batch_expects: list[Expect] = field(default_factory=list)  # this batch's expectations
+    _gates: list[asyncio.Future[None]] = field(default_factory=list)  # see server_pump
+    _failure: AuditUnavailable | None = None  # a record failed after its statement was sent
+    _failed: asyncio.Future[None] | None = None  # wakes run() on such a failure
     approvals: Any = None  # ApprovalBroker, or None when the policy names no approvers
     hold_seconds: int = 120
     valid_for_seconds: int = 3600
@@ -208,7 +233,6 @@ class Session:
 
     async def _handle_client_frames(self, frames: list[Frame]) -> None:
         out: list[bytes] = []
-        durable: list[Any] = []
         try:
             for frame in frames:
                 kind = frame.type
@@ -218,20 +242,20 @@ class Session:
                 if kind in (b"Q", b"P", b"E", b"F"):
                     self._check_token()
                 if kind == b"Q":
-                    await self._on_query(frame, out, durable)
+                    await self._on_query(frame, out)
                 elif kind == b"P":
-                    self._on_parse(frame, out, durable)
+                    self._on_parse(frame, out)
                 elif kind == b"B":
                     self._on_bind(frame, out)
                 elif kind == b"E":
-                    await self._on_execute(frame, out, durable)
+                    await self._on_execute(frame, out)
                 elif kind == b"D":
                     out.append(frame.raw)
                     message = decode_frontend(frame)
                     assert isinstance(message, Describe)
                     target = self.prepared.get(message.name) if message.kind == "S" else None
                     portal = self.portals.get(message.name) if message.kind == "P" else None
-                    self.expected.append(Expect("describe", prepared=target, portal=portal))
+                    self._expect(Expect("describe", prepared=target, portal=portal))
                 elif kind == b"C":
                     message = decode_frontend(frame)
                     assert isinstance(message, Close)
@@ -240,39 +264,65 @@ class Session:
                     else:
                         self.portals.pop(message.name, None)
                     out.append(frame.raw)
-                    self.expected.append(Expect("close"))
+                    self._expect(Expect("close"))
                 elif kind == b"S":
                     out.append(frame.raw)
-                    self.expected.append(Expect("sync"))
+                    self._expect(Expect("sync"))
                 elif kind in (b"H", b"d", b"c", b"f"):
                     out.append(frame.raw)
                 elif kind == b"F":
                     self._refuse_simple("function calls (the FunctionCall message) are not allowed",
-                                        BLOCKED_SQLSTATE, out, durable, text="<FunctionCall>")
+                                        BLOCKED_SQLSTATE, out, text="<FunctionCall>")
                 else:
                     raise ProtocolViolation(f"unexpected message type {kind!r} from the client")
         except Exception:
-            if durable:
-                # their seqs are taken: write them (nothing of this batch went upstream; the
-                # session's end notes they did not complete) so the seqs keep no gap
-                await asyncio.gather(*durable, return_exceptions=True)
+            spooled, self._spooled = self._spooled, []
+            if spooled:
+                # their seqs are taken: see them written (nothing of this batch went upstream;
+                # the session's end notes they did not complete) so the seqs keep no gap
+                await self._confirm(spooled, raise_first=False)
             raise
-        await self._flush(out, durable)
+        await self._flush(out)
 
-    async def _flush(self, out: list[bytes], durable: list[Any]) -> None:
-        if durable:
-            # fail closed: nothing goes upstream until every record of this batch is durable
-            pending = list(durable)
-            durable.clear()
-            await asyncio.gather(*pending)
+    async def _flush(self, out: list[bytes]) -> None:
+        """Send this batch upstream once its records allow it.
+
+        The durability point: a batch whose every record is a provably side-effect-free read
+        (``Decision.side_effect_free``) goes upstream at once, while its records are written
+        (the audit log's flush runs once this task yields), and each of its expected
+        responses carries the batch's last record
+        future as a *gate*: the server pump sends no byte of those responses to the client
+        before the gate is done (records are written in order, so the last one done means
+        every one written or failed, and a failure ends the session first).  Any other batch
+        goes upstream only once each of its records is durable.
+        """
+        spooled, self._spooled = self._spooled, []
+        expects, self._batch_expects = self._batch_expects, []
+        if spooled:
+            if all(unit is not None for _record, _future, unit in spooled):
+                gate = spooled[-1][1]
+                for expect in expects:
+                    expect.gate = gate
+                for record, future, unit in spooled:
+                    future.add_done_callback(functools.partial(self._overlap_done, record, unit))
+            else:
+                await self._confirm(spooled, raise_first=True)
+        if self._failure is not None:
+            raise self._failure  # an earlier record failed: nothing more goes upstream
         if out:
             now = self.clock()
-            for unit in self._batch_units:
-                unit.started = now
+            for unit_ in self._batch_units:
+                unit_.started = now
             self._batch_units.clear()
-            self.upstream.writer.write(b"".join(out))
+            writer = self.upstream.writer
+            writer.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
-            await self.upstream.writer.drain()
+            if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                await writer.drain()
+
+    def _expect(self, expect: Expect) -> None:
+        self.expected.append(expect)
+        self._batch_expects.append(expect)
 
     def _check_token(self) -> None:
         if self.clock() >= self.identity.expires_at:
@@ -306,11 +356,12 @@ class Session:
             kind=kind, tables=tables, phi_columns=phi, reason=reason, approval_id=approval_id,
         )
 
-    def _unit(self, record: StatementRecord, durable: list[Any],
-              decision: Decision | None = None,
-              approval_key: list[str | None] | None = None) -> Unit:
+    def _unit(self, record: StatementRecord, decision: Decision | None = None,
+              approval_key: list[str | None] | None = None, *, overlap: bool = False) -> Unit:
         """``approval_key`` is what an approval must match besides agent and fingerprint: the
-        bind parameters, or for the simple protocol the exact query text."""
+        bind parameters, or for the simple protocol the exact query text.  ``overlap``: the
+        statement is a side-effect-free read that may go upstream before its record is
+        durable (its answer may not)."""
         key = approval_key if approval_key is not None else record.parameters
         unit = Unit(record, decision=decision, parameters=key)
         if record.approval_id is None and record.kind in ("select", "copy_out", "fetch", None):
@@ -328,29 +379,72 @@ class Session:
             if self.results is ResultRecording.FULL:
                 assert self._budget is not None
                 unit.capture = ResultCapture(self._budget)
-        durable.append(self._durable(record))
+        self._spool(record, overlap=unit if overlap else None)
         return unit
 
-    def _durable(self, record: StatementRecord,
-                 outcome: StatementOutcome | None = None) -> Awaitable[None]:
-        """Make ``record`` durable: its begin, or begin and outcome for a statement that never
-        reaches the database."""
-        return self._write_record(record, outcome)
-
-    async def _write_record(self, record: StatementRecord,
-                            outcome: StatementOutcome | None) -> None:
+    def _spool(self, record: StatementRecord, outcome: StatementOutcome | None = None, *,
+               overlap: Unit | None = None) -> None:
+        """Queue ``record`` (its begin; or begin and outcome for a statement that never
+        reaches the database) for the spool; ``_flush`` decides what waits for it."""
         try:
-            if outcome is None:
-                await self.audit.begin_statement(record)
-            else:
-                await self.audit.record_statement(record, outcome)
+            future = self.audit.spool_statement(record, outcome)
         except AuditUnavailable as exc:
-            # the statement will not run and the session ends; the record (its seq) is still
-            # queued, as not run, so the session's seqs stay contiguous
-            self.audit.record_statement_later(record, StatementOutcome(
-                record.record_id, None, None, AuditUnavailable.sqlstate,
-                note=f"not run: the audit trail was unavailable ({exc.why})"))
+            self._not_run(record, exc)
             raise
+        self._spooled.append((record, future, overlap))
+
+    async def _spool_now(self, record: StatementRecord, outcome: StatementOutcome) -> None:
+        """Record a statement that does not run, durably, now."""
+        self._spool(record, outcome)
+        spooled, self._spooled = self._spooled[-1:], self._spooled[:-1]
+        await self._confirm(spooled, raise_first=True)
+
+    def _not_run(self, record: StatementRecord, exc: AuditUnavailable) -> None:
+        # the statement will not run and the session ends; the record (its seq) is still
+        # queued, as not run, so the session's seqs stay contiguous
+        self.audit.record_statement_later(record, StatementOutcome(
+            record.record_id, None, None, AuditUnavailable.sqlstate,
+            note=f"not run: the audit trail was unavailable ({exc.why})"))
+
+    async def _confirm(self, spooled: list[tuple[StatementRecord, asyncio.Future[None],
+                                                 Unit | None]],
+                       *, raise_first: bool) -> None:
+        """Wait until every record of ``spooled`` is durable; a record that is not gets its
+        "not run" record queued, and the first failure is raised (``raise_first``)."""
+        failure: AuditUnavailable | None = None
+        for record, future, _unit in spooled:
+            try:
+                await future
+            except AuditUnavailable as exc:
+                self._not_run(record, exc)
+                failure = failure or exc
+        if failure is not None and raise_first:
+            raise failure
+
+    def _overlap_done(self, record: StatementRecord, unit: Unit | None,
+                      future: asyncio.Future[None]) -> None:
+        """The record of a statement already sent upstream is durable, or failed: then its
+        answer is withheld (the gate fails the server pump) and the session ends."""
+        exc = AuditUnavailable("the audit log was stopped") if future.cancelled() \
+            else future.exception()
+        if exc is None:
+            return
+        why = exc.why if isinstance(exc, AuditUnavailable) else type(exc).__name__
+        if unit is not None:
+            unit.finished = True  # its outcome is this record
+        self.audit.record_statement_later(record, StatementOutcome(
+            record.record_id, None, None, AuditUnavailable.sqlstate,
+            note=(f"answer withheld: the audit trail was unavailable ({why}); the read was "
+                  "sent to the database while its record was written, and no byte of its "
+                  "answer reached the client")))
+        self._fail(exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(why))
+
+    def _fail(self, exc: AuditUnavailable) -> None:
+        """End the session for an audit failure noticed off the pumps."""
+        if self._failure is None:
+            self._failure = exc
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(None)
 
     def _refusal(self, decision: Decision, index: int) -> tuple[str, str]:
         verdict = decision.verdicts[index]
@@ -364,16 +458,14 @@ class Session:
             f"policyc: statement blocked: {verdict.reason or 'not allowed by policy'}"
         )
 
-    def _refuse_simple(self, message: str, sqlstate: str, out: list[bytes], durable: list[Any],
-                       text: str) -> None:
+    def _refuse_simple(self, message: str, sqlstate: str, out: list[bytes], text: str) -> None:
         record = self._record(text, None, None, "blocked", reason=message)
-        durable.append(self._durable(
-            record, StatementOutcome(record.record_id, None, 0.0, sqlstate)))
+        self._spool(record, StatementOutcome(record.record_id, None, 0.0, sqlstate))
         out.append(Query(POISON_QUERY).encode())
-        self.expected.append(Expect("stmt", rewrite=(sqlstate, message)))
-        self.expected.append(Expect("sync"))
+        self._expect(Expect("stmt", rewrite=(sqlstate, message)))
+        self._expect(Expect("sync"))
 
-    async def _on_query(self, frame: Frame, out: list[bytes], durable: list[Any]) -> None:
+    async def _on_query(self, frame: Frame, out: list[bytes]) -> None:
         message = decode_frontend(frame)
         assert isinstance(message, Query)
         sql = message.sql
@@ -384,17 +476,16 @@ class Session:
             sqlstate = verdict.sqlstate or BLOCKED_SQLSTATE
             text = f"policyc: statement refused: {verdict.reason}"
             record = self._record(sql, decision, 0, "blocked", reason=verdict.reason)
-            durable.append(self._durable(
-                record, StatementOutcome(record.record_id, None, 0.0, sqlstate)))
+            self._spool(record, StatementOutcome(record.record_id, None, 0.0, sqlstate))
             out.append(Query(POISON_QUERY).encode())
-            self.expected.append(Expect("stmt", rewrite=(sqlstate, text)))
-            self.expected.append(Expect("sync"))
+            self._expect(Expect("stmt", rewrite=(sqlstate, text)))
+            self._expect(Expect("sync"))
             return
         statements = classification.statements
         if not statements:
             out.append(frame.raw)
-            self.expected.append(Expect("stmt"))  # EmptyQueryResponse
-            self.expected.append(Expect("sync"))
+            self._expect(Expect("stmt"))  # EmptyQueryResponse
+            self._expect(Expect("sync"))
             return
         stop = decision.blocked_index
         approval_id: int | None = None
@@ -402,41 +493,50 @@ class Session:
         if stop is not None and self._holdable(decision):
             # simple protocol: the exact text stands in for parameters, so an approval never
             # covers the same statement shape with other literals
-            hold = await self._hold(out, durable, sql, [sql], decision, stop)
+            hold = await self._hold(out, sql, [sql], decision, stop)
             if isinstance(hold, int):
                 approval_id, stop = hold, None
             else:
                 refusal = hold
-        if stop is None and approval_id is None and self._over_estimate(decision):
-            estimate = await self._explain(sql)
-            limit = self.group.approval.rows_over
-            if estimate is not None and limit is not None and estimate > limit:
+        limit = self.group.approval.rows_over
+        if stop is None and approval_id is None and limit is not None and \
+                self._over_estimate(decision):
+            now = time.monotonic()
+            estimate = self.decider.known_estimate(self.group, decision, limit, now)
+            if estimate is None:
+                estimate = await self._explain(sql)
+                if estimate is not None:
+                    self.decider.note_estimate(self.group, decision, estimate, now)
+            if estimate is not None and estimate > limit:
                 reason = f"estimated {estimate} rows, over this group's limit of {limit}"
-                hold = await self._hold(out, durable, sql, [sql], decision, 0, reason=reason,
+                hold = await self._hold(out, sql, [sql], decision, 0, reason=reason,
                                         estimated_rows=estimate)
                 if isinstance(hold, int):
                     approval_id = hold
                 else:
                     out.append(Query(POISON_QUERY).encode())
-                    self.expected.append(Expect("stmt", rewrite=hold))
-                    self.expected.append(Expect("sync"))
+                    self._expect(Expect("stmt", rewrite=hold))
+                    self._expect(Expect("sync"))
                     return
         if stop is None:
+            # a provably side-effect-free read goes upstream while its record is written;
+            # its answer waits for the record (see _flush)
+            overlap = decision.side_effect_free and approval_id is None
             for index, info in enumerate(statements):
                 label = "approved" if approval_id else self._verdict_for(decision, index)
                 record = self._record(info.text, decision, index, label,
                                       approval_id=approval_id)
-                self.expected.append(
-                    Expect("stmt", self._unit(record, durable, decision, approval_key=[sql])))
+                self._expect(Expect("stmt", self._unit(record, decision, approval_key=[sql],
+                                                       overlap=overlap)))
             out.append(frame.raw)
-            self.expected.append(Expect("sync"))
+            self._expect(Expect("sync"))
             return
         if refusal is not None:
             # held and not approved: the whole query text was the request, and its outcome is
             # already recorded; nothing of it runs
             out.append(Query(POISON_QUERY).encode())
-            self.expected.append(Expect("stmt", rewrite=refusal))
-            self.expected.append(Expect("sync"))
+            self._expect(Expect("stmt", rewrite=refusal))
+            self._expect(Expect("sync"))
             return
         sqlstate, text = self._refusal(decision, stop)
         texts = []
@@ -445,30 +545,28 @@ class Session:
             if index < stop:
                 record = self._record(info.text, decision, index, self._verdict_for(decision,
                                                                                    index))
-                self.expected.append(Expect("stmt", self._unit(record, durable)))
+                self._expect(Expect("stmt", self._unit(record)))
                 texts.append(info.text)
             elif index == stop:
                 record = self._record(info.text, decision, index, "blocked",
                                       reason=verdict.reason or text)
-                durable.append(self._durable(
-                    record, StatementOutcome(record.record_id, None, 0.0, sqlstate)))
+                self._spool(record, StatementOutcome(record.record_id, None, 0.0, sqlstate))
             else:
                 record = self._record(
                     info.text, decision, index, self._verdict_for(decision, index),
                     reason="not run: an earlier statement in the same query was refused")
-                durable.append(self._durable(
-                    record, StatementOutcome(record.record_id, None, None, None)))
+                self._spool(record, StatementOutcome(record.record_id, None, None, None))
         texts.append(POISON_QUERY)
         out.append(Query(";\n".join(texts)).encode())
-        self.expected.append(Expect("stmt", rewrite=(sqlstate, text)))
-        self.expected.append(Expect("sync"))
+        self._expect(Expect("stmt", rewrite=(sqlstate, text)))
+        self._expect(Expect("sync"))
 
     @staticmethod
     def _verdict_for(decision: Decision, index: int) -> str:
         verdict = decision.verdicts[index].decision
         return "masked" if verdict == "masked" else "allowed"
 
-    def _on_parse(self, frame: Frame, out: list[bytes], durable: list[Any]) -> None:
+    def _on_parse(self, frame: Frame, out: list[bytes]) -> None:
         message = decode_frontend(frame)
         assert isinstance(message, Parse)
         decision = self.decider.decide(self.group, message.sql)
@@ -485,16 +583,15 @@ class Session:
                 refusal = self._refusal(decision, index)
             record = self._record(message.sql, decision, index, "blocked",
                                   reason=decision.verdicts[index].reason)
-            durable.append(self._durable(
-                record, StatementOutcome(record.record_id, None, 0.0, refusal[0])))
+            self._spool(record, StatementOutcome(record.record_id, None, 0.0, refusal[0]))
             self.prepared[message.name] = Prepared(message.sql, decision, refusal)
             out.append(Parse(message.name, POISON_PARSE, ()).encode())
-            self.expected.append(Expect("parse", rewrite=refusal))
+            self._expect(Expect("parse", rewrite=refusal))
             return
         self.prepared[message.name] = Prepared(message.sql, decision,
                                                param_types=message.param_types)
         out.append(frame.raw)
-        self.expected.append(Expect("parse"))
+        self._expect(Expect("parse"))
 
     def _on_bind(self, frame: Frame, out: list[bytes]) -> None:
         message = decode_frontend(frame)
@@ -505,7 +602,7 @@ class Session:
                                 ("26000", "policyc: unknown prepared statement"))
         if prepared.refused is not None:
             out.append(Bind(message.portal, POISON_STATEMENT, (), (), ()).encode())
-            self.expected.append(Expect("bind", rewrite=prepared.refused))
+            self._expect(Expect("bind", rewrite=prepared.refused))
             self.portals[message.portal] = Portal(prepared, [])
             return
         types = prepared.param_types
@@ -515,9 +612,9 @@ class Session:
         ]
         self.portals[message.portal] = Portal(prepared, parameters, message.result_formats)
         out.append(frame.raw)
-        self.expected.append(Expect("bind"))
+        self._expect(Expect("bind"))
 
-    async def _on_execute(self, frame: Frame, out: list[bytes], durable: list[Any]) -> None:
+    async def _on_execute(self, frame: Frame, out: list[bytes]) -> None:
         message = decode_frontend(frame)
         assert isinstance(message, Execute)
         portal = self.portals.get(message.portal)
@@ -525,7 +622,7 @@ class Session:
             # the server has no such portal (its Bind failed or never came): it will error
             out.append(frame.raw)
             refused = portal.prepared.refused if portal else None
-            self.expected.append(Expect("execute", rewrite=refused))
+            self._expect(Expect("execute", rewrite=refused))
             return
         prepared = portal.prepared
         decision = prepared.decision
@@ -534,20 +631,21 @@ class Session:
         if decision is not None and decision.verdicts:
             verdict = self._verdict_for(decision, 0)
             if decision.blocked_index is not None and self._holdable(decision):
-                hold = await self._hold(out, durable, prepared.sql, portal.parameters or None,
+                hold = await self._hold(out, prepared.sql, portal.parameters or None,
                                         decision, decision.blocked_index)
                 if not isinstance(hold, int):
                     # the server fails on a portal that does not exist; we rewrite its error
                     out.append(Execute(POISON_STATEMENT, 0).encode())
-                    self.expected.append(Expect("execute", rewrite=hold))
+                    self._expect(Expect("execute", rewrite=hold))
                     return
                 verdict, approval_id = "approved", hold
         record = self._record(prepared.sql, decision, 0, verdict,
                               parameters=portal.parameters or None, approval_id=approval_id)
         out.append(frame.raw)
-        unit = self._unit(record, durable, decision)
+        unit = self._unit(record, decision, overlap=approval_id is None and decision is not None
+                          and decision.side_effect_free)
         unit.portal = portal
-        self.expected.append(Expect("execute", unit))
+        self._expect(Expect("execute", unit))
 
     # ---- just-in-time approval --------------------------------------------------------
 
@@ -563,7 +661,7 @@ class Session:
         human = claims.get("human") or (act.get("sub") if isinstance(act, dict) else None)
         return str(human) if human else None
 
-    async def _hold(self, out: list[bytes], durable: list[Any], text: str,
+    async def _hold(self, out: list[bytes], text: str,
                     parameters: list[str | None] | None, decision: Decision,
                     index: int, *, reason: str | None = None,
                     estimated_rows: int | None = None) -> int | tuple[str, str]:
@@ -575,7 +673,7 @@ class Session:
             return BLOCKED_SQLSTATE, (
                 f"policyc: this statement needs approval ({shapes}) but the policy names no "
                 "approvers, so it was not run")
-        await self._flush(out, durable)
+        await self._flush(out)
         agent = self.identity.subject
         found = await self.approvals.find(agent, decision.fingerprint, parameters)
         if found is not None:
@@ -595,7 +693,7 @@ class Session:
             valid_for_seconds=self.valid_for_seconds)
         held = self._record(text, decision, index, "held", reason=f"needs approval: {shapes}",
                             parameters=parameters, approval_id=request_id)
-        await self._durable(held, StatementOutcome(held.record_id, None, None))
+        await self._spool_now(held, StatementOutcome(held.record_id, None, None))
         self.client_writer.write(notice_response(
             f"policyc: approval request {request_id} is waiting for an approver "
             f"(up to {self.hold_seconds} s)", severity="NOTICE"))
@@ -606,7 +704,7 @@ class Session:
         final = self._record(text, decision, index, status, parameters=parameters,
                              approval_id=request_id,
                              reason=f"approval request {request_id} {status}")
-        await self._durable(
+        await self._spool_now(
             final, StatementOutcome(final.record_id, None, None, BLOCKED_SQLSTATE))
         return BLOCKED_SQLSTATE, (
             f"policyc: approval request {request_id} was {status}; the statement did not run")
@@ -685,13 +783,25 @@ class Session:
     async def server_pump(self) -> None:
         data = self.upstream.leftover
         framer = self.upstream.framer
+        reader = self.upstream.reader
+        writer = self.client_writer
         while True:
             if data:
-                frames = framer.feed(data)
-                out = self._handle_server_frames(frames)
-                self.client_writer.write(out)
-                await self.client_writer.drain()
-            data = await self.upstream.reader.read(65536)
+                out = self._handle_server_frames(framer.feed(data))
+                gates = self._gates
+                if gates:
+                    # part of this answers a read sent before its record was durable: no byte
+                    # of it leaves before the record is (a failed record raises here)
+                    self._gates = []
+                    for gate in gates:
+                        await gate
+                    if self._failure is not None:
+                        raise self._failure
+                if out:
+                    writer.write(out)
+                    if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                        await writer.drain()
+            data = await reader.read(65536)
             if not data:
                 self.end_reason = "the database closed the session"
                 self.client_writer.write(error_response(
@@ -739,9 +849,16 @@ class Session:
     def _handle_server_frames(self, frames: list[Frame]) -> bytes:
         out: list[bytes] = []
         expected = self.expected
+        seen: Expect | None = None
         for frame in frames:
             kind = frame.type
             head = expected[0] if expected else None
+            if head is not seen:
+                seen = head
+                if head is not None and head.gate is not None:
+                    gate = head.gate
+                    if not self._gates or self._gates[-1] is not gate:
+                        self._gates.append(gate)
             if head is not None and head.explain is not None and kind not in {b"A", b"S"}:
                 self._explain_frame(head, frame)  # asynchronous messages still go through
                 continue
@@ -874,13 +991,19 @@ class Session:
     async def run(self, first_client_bytes: bytes = b"") -> None:
         client = asyncio.create_task(self.client_pump(first_client_bytes))
         server = asyncio.create_task(self.server_pump())
+        self._failed = asyncio.get_running_loop().create_future()
         try:
-            done, pending = await asyncio.wait({client, server},
+            done, pending = await asyncio.wait({client, server, self._failed},
                                                return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(self._failed)
+            done.discard(self._failed)
             for task in pending:
                 task.cancel()
-            for task in done:
-                exc = task.exception()
+            errors = [task.exception() for task in done]
+            if self._failure is not None and not any(
+                    isinstance(exc, AuditUnavailable) for exc in errors):
+                errors.append(self._failure)  # a record failed after its read was sent
+            for exc in errors:
                 if isinstance(exc, ProtocolViolation):
                     self.end_reason = f"protocol violation: {exc}"
                     self.client_writer.write(error_response(exc.sqlstate, str(exc),
@@ -900,6 +1023,8 @@ class Session:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         finally:
+            if not self._failed.done():
+                self._failed.cancel()
             for expect in self.expected:
                 self._finish(expect, note=f"session ended: {self.end_reason}")
             self.expected.clear()

@@ -1,0 +1,365 @@
+"""The durability point, attacked: a provably side-effect-free read may go upstream while its
+audit record is being written, but no byte of its answer reaches the client before the record
+is durable; anything else reaches the database only once its record is durable.
+
+The spool is broken or held up through its ``append`` (write + fdatasync), on the event loop
+(inline) and on the spool thread alike; the database side is watched in pg_stat_activity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import Database, clinic_policy
+from policyc.proxy.classify import classify
+from policyc.proxy.codec import Bind, Describe, Execute, Parse, Query
+from policyc.proxy.codec.framing import BackendFramer
+from policyc.proxy.decide import Decider
+from proxyharness import RunningProxy, wait_for
+
+SYNC = b"S\x00\x00\x00\x04"
+
+
+# ---- what qualifies ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("sql", "pure"), [
+    ("SELECT id, birth_date, zip FROM patients WHERE id = 5", True),
+    ("SELECT id FROM patients WHERE id = $1", True),
+    ("TABLE patients", True),
+    ("VALUES (1, 'a'), (2, 'b')", True),
+    ("SHOW work_mem", True),
+    ("SELECT 1; SELECT 2", True),
+    ("WITH p AS (SELECT id FROM patients) SELECT * FROM p JOIN visits v ON v.patient_id = p.id "
+     "WHERE EXISTS (SELECT 1 FROM visits w WHERE w.id = v.id) ORDER BY 1 USING <", True),
+    ("SELECT 2::int, CAST(3 AS pg_catalog.int4), 'x'::text, a COLLATE \"C\" FROM t", True),
+    ("SELECT a FROM t WHERE a OPERATOR(pg_catalog.=) 1", True),
+    ("SELECT nextval('claims_id_seq')", False),
+    ("SELECT pg_sleep(0)", False),
+    ("SELECT set_config('application_name', 'x', false)", False),
+    ("SELECT count(*) FROM patients", False),  # an aggregate is a function too
+    ("SELECT lower(full_name) FROM patients", False),
+    ("SELECT * FROM patients FOR UPDATE", False),
+    ("SELECT * FROM (SELECT * FROM patients FOR SHARE) p", False),
+    ("SELECT * INTO scratch FROM patients", False),
+    ("WITH d AS (DELETE FROM notes RETURNING *) SELECT * FROM d", False),
+    ("SELECT * FROM patients TABLESAMPLE system (10)", False),
+    ("SELECT * FROM generate_series(1, 3)", False),
+    ("SELECT a FROM t WHERE a OPERATOR(public.=) 1", False),
+    ("SELECT 1::public.money_like", False),
+    ("SELECT 1; SELECT pg_sleep(0)", False),
+    ("EXPLAIN SELECT 1", False),
+    ("EXPLAIN ANALYZE SELECT 1", False),
+    ("BEGIN", False),
+    ("DECLARE c CURSOR FOR SELECT 1", False),
+    ("COPY patients TO STDOUT", False),
+    ("LISTEN chan", False),
+    ("PREPARE p AS SELECT 1", False),
+    ("EXECUTE p", False),
+    ("SET work_mem = '1MB'", False),
+    ("INSERT INTO notes (id, patient_id, author, written_at, body) VALUES (1, 1, 'a', "
+     "'2024-01-01', 'x')", False),
+])
+def test_side_effect_free_is_proven_not_guessed(sql: str, pure: bool) -> None:
+    classification = classify(sql)
+    assert classification.error is None
+    assert all(s.side_effect_free for s in classification.statements) is pure
+
+
+def test_a_decision_is_side_effect_free_only_when_the_group_may_run_it() -> None:
+    policy = clinic_policy("clinic")
+    groups = {g.name: g for g in policy.groups}
+    decider = Decider(policy, 1 << 20)
+    assert decider.decide(groups["research"], "SELECT id, zip FROM patients").side_effect_free
+    # a read the proxy refuses is never sent early (it is never sent at all)
+    refused = decider.decide(groups["research"], "SHOW data_directory")
+    assert classify("SHOW data_directory").statements[0].side_effect_free
+    assert refused.blocked_index == 0 and not refused.side_effect_free
+    assert not decider.decide(groups["research"], "SELECT pg_sleep(0)").side_effect_free
+
+
+def test_the_shape_cache_gives_the_full_decision_with_the_query_s_own_text() -> None:
+    policy = clinic_policy("clinic")
+    group = next(g for g in policy.groups if g.name == "billing")
+    cached = Decider(policy, 1 << 20)
+    texts = ["SELECT id, ssn FROM patients WHERE id = 1",
+             "SELECT id, ssn FROM patients WHERE id = 2;",
+             "  select id, ssn from patients where id = 'x' ",  # another shape (case)
+             "SELECT id, ssn FROM patients WHERE id = $1",  # the first's shape
+             "SELECT id, ssn FROM patients WHERE id = 3;",  # the second's
+             "\nSELECT id, ssn FROM patients WHERE id = 4 ;\n"]  # another (white space)
+    for sql in texts:
+        fast = cached.decide(group, sql)
+        full = Decider(policy, 1 << 20).decide(group, sql)
+        assert fast == full, sql
+    assert cached.shape_hits == 2
+    # literals may decide for statements that are not pure reads: never cached by shape
+    shaped = Decider(policy, 1 << 20)
+    for sql in ("SELECT set_config('application_name', 'a', false)", "SELECT pg_sleep(1)",
+                "DELETE FROM claims WHERE 1 = 1", "SELECT id FROM patients FOR UPDATE"):
+        shaped.decide(group, sql)
+        shaped.decide(group, sql.replace("1", "2").replace("'a'", "'role'"))
+    assert shaped.shape_hits == 0 and not shaped._shapes
+    for sql in ("SELECT 1; SELECT 2", "SELECT 1 -- c", "SELECT 1 /* c */"):
+        shaped.decide(group, sql)
+        shaped.decide(group, sql.replace("1", "3"))
+    assert shaped.shape_hits == 0
+
+
+# ---- a raw client, to see every byte ------------------------------------------------------
+
+class RawClient:
+    """A PostgreSQL client on a bare socket: every frame the proxy sends is seen."""
+
+    def __init__(self, proxy: RunningProxy, group: str, application: str, **claims: Any) -> None:
+        agent = "agent-7"
+        self.sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        self.framer = BackendFramer()
+        params = (f"user\0{agent}\0database\0{proxy.database}\0"
+                  f"application_name\0{application}\0\0").encode()
+        self.sock.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+        assert self.until(b"R")[-1][0] == b"R"
+        token = proxy.token(agent, group, **claims).encode() + b"\0"
+        self.sock.sendall(b"p" + struct.pack("!i", 4 + len(token)) + token)
+        assert self.until(b"Z")[-1][0] == b"Z"
+
+    def send(self, *messages: bytes) -> None:
+        self.sock.sendall(b"".join(messages))
+
+    def read(self, timeout: float) -> list[tuple[bytes, bytes]]:
+        """Frames that arrive within ``timeout`` (fewer if the proxy closes the socket)."""
+        self.sock.settimeout(timeout)
+        frames: list[tuple[bytes, bytes]] = []
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                frames += [(f.type, bytes(f.payload)) for f in self.framer.feed(data)]
+        return frames
+
+    def until(self, kind: bytes, timeout: float = 10) -> list[tuple[bytes, bytes]]:
+        deadline = time.monotonic() + timeout
+        frames: list[tuple[bytes, bytes]] = []
+        self.sock.settimeout(timeout)
+        while time.monotonic() < deadline:
+            data = self.sock.recv(65536)
+            if not data:
+                break
+            frames += [(f.type, bytes(f.payload)) for f in self.framer.feed(data)]
+            if any(k == kind for k, _ in frames):
+                break
+        return frames
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+@contextlib.contextmanager
+def raw_client(proxy: RunningProxy, group: str, application: str,
+               **claims: Any) -> Iterator[RawClient]:
+    client = RawClient(proxy, group, application, **claims)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def sqlstates(frames: list[tuple[bytes, bytes]]) -> list[str]:
+    out = []
+    for kind, payload in frames:
+        if kind == b"E":
+            fields = dict((f[:1], f[1:]) for f in payload.split(b"\0") if f)
+            out.append(fields[b"C"].decode())
+    return out
+
+
+@contextlib.contextmanager
+def spool(proxy: RunningProxy, *, inline: bool, fail: bool = False) -> Iterator[threading.Event]:
+    """The proxy's spool, appends failing after 0.3 s (``fail``) or held until the event is
+    set; with ``inline`` False the spool thread writes, else the event loop itself."""
+    audit = proxy.server.audit
+    assert audit is not None
+    store = audit._spool
+    append = store.append
+    release = threading.Event()
+
+    def held(data: bytes) -> int:
+        if fail:  # late: the database has answered by then
+            release.wait(0.3)
+            raise OSError(errno.EIO, "Input/output error")
+        release.wait(20)
+        return append(data)
+
+    audit._inline = inline
+    store.append = held  # type: ignore[method-assign]
+    try:
+        yield release
+    finally:
+        release.set()
+        store.append = append  # type: ignore[method-assign]
+        audit._inline = True
+
+
+def activity(db: Database, application: str) -> list[tuple[str, str]]:
+    return [(str(q), str(s)) for q, s in db.execute(
+        "SELECT query, state FROM pg_stat_activity WHERE application_name = %s",
+        (application,))]
+
+
+def statements_of(db: Database, agent: str = "agent-7") -> list[tuple[Any, ...]]:
+    return db.execute(
+        "SELECT s.seq, s.statement, s.sqlstate, s.reason, s.rows FROM audit.statements s "
+        "JOIN audit.sessions USING (session_id) WHERE s.agent = %s ORDER BY s.seq", (agent,))
+
+
+# ---- the answer waits for the record ------------------------------------------------------
+
+READ = "SELECT id, clinic_id FROM patients ORDER BY id LIMIT 3"
+
+
+def extended(sql: str) -> list[bytes]:
+    return [Parse("", sql, ()).encode(), Bind("", "", (), (), ()).encode(),
+            Describe("P", "").encode(), Execute("", 0).encode(), SYNC]
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "thread"])
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_no_byte_of_an_early_read_s_answer_without_its_record(
+        applied_clinic: Database, proxy: RunningProxy, inline: bool, protocol: str) -> None:
+    """The spool cannot write: the read was sent upstream (and answered there), yet the client
+    gets 58030 and never a RowDescription, DataRow or CommandComplete of it."""
+    with raw_client(proxy, "billing", "durability-fail", clinic_id=1) as client:
+        client.send(Query("SELECT 1").encode())
+        assert sqlstates(client.until(b"Z")) == []
+        with spool(proxy, inline=inline, fail=True):
+            client.send(*([Query(READ).encode()] if protocol == "simple" else extended(READ)))
+            frames = client.read(10)
+    kinds = [kind for kind, _ in frames]
+    assert sqlstates(frames) == ["58030"], frames
+    assert not {b"T", b"D", b"C", b"1", b"2", b"Z"} & set(kinds), kinds
+    rows = wait_for(lambda: [r for r in statements_of(applied_clinic) if r[1] == READ])
+    assert rows and rows[0][2] == "58030"
+    assert rows[0][3].startswith("answer withheld: the audit trail was unavailable")
+    seqs = [r[0] for r in statements_of(applied_clinic)]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "thread"])
+def test_a_read_runs_while_its_record_is_written_and_is_answered_after(
+        applied_clinic: Database, proxy: RunningProxy, inline: bool) -> None:
+    app = f"durability-{uuid.uuid4().hex[:8]}"
+    with raw_client(proxy, "billing", app, clinic_id=1) as client, \
+            spool(proxy, inline=inline) as release:
+        client.send(Query(READ).encode())
+        # the database ran it (idle again, with our text) while the record is still held
+        assert wait_for(lambda: activity(applied_clinic, app) == [(READ, "idle")]), \
+            activity(applied_clinic, app)
+        assert client.read(0.5) == []  # not one byte yet
+        release.set()
+        frames = client.until(b"Z")
+    kinds = [kind for kind, _ in frames]
+    assert kinds == [b"T", b"D", b"D", b"D", b"C", b"Z"], kinds
+
+
+SIDE_EFFECTS = [
+    ("billing", "SELECT pg_sleep(0)"),
+    ("billing", "SELECT nextval('claims_id_seq')"),
+    ("billing", "SELECT count(*) FROM patients"),
+    ("clinician", "SELECT id FROM visits ORDER BY id LIMIT 1 FOR UPDATE"),
+    ("clinician", "INSERT INTO notes (id, patient_id, author, written_at, body) "
+                  "VALUES (7001, 1, 'agent', '2024-01-01', 'durability')"),
+]
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "thread"])
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+@pytest.mark.parametrize(("group", "sql"), SIDE_EFFECTS, ids=[s for _, s in SIDE_EFFECTS])
+def test_a_statement_that_may_change_something_waits_for_its_record(
+        applied_clinic: Database, proxy: RunningProxy, inline: bool, protocol: str,
+        group: str, sql: str) -> None:
+    app = f"durability-{uuid.uuid4().hex[:8]}"
+    with raw_client(proxy, group, app, clinic_id=1) as client:
+        client.send(Query("SELECT 1").encode())
+        client.until(b"Z")
+        with spool(proxy, inline=inline) as release:
+            client.send(*([Query(sql).encode()] if protocol == "simple" else extended(sql)))
+            # the database never sees it while held (only the proxy's own EXPLAIN of a
+            # simple-protocol SELECT, which runs nothing, may come first)
+            before = {("SELECT 1", "idle"), ("EXPLAIN (FORMAT JSON) " + sql, "idle")}
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                assert set(activity(applied_clinic, app)) <= before
+                time.sleep(0.05)
+            assert client.read(0.1) == []
+            release.set()
+            assert wait_for(lambda: activity(applied_clinic, app)[0][0] == sql)
+            frames = client.until(b"Z")
+    assert frames[-1][0] == b"Z"
+    assert wait_for(lambda: [r[1] for r in statements_of(applied_clinic)] == ["SELECT 1", sql])
+
+
+def test_pipelined_reads_and_writes_keep_their_order_and_seqs(
+        applied_clinic: Database, proxy: RunningProxy) -> None:
+    with proxy.connect("agent-7", "clinician", clinic_id=1) as conn:
+        with conn.pipeline():
+            cursors = [
+                conn.execute("SELECT id FROM patients WHERE id = %s", (1,)),
+                conn.execute("SELECT count(*) FROM notes"),
+                conn.execute("INSERT INTO notes (id, patient_id, author, written_at, body) "
+                             "VALUES (%s, %s, 'agent', now(), %s) RETURNING patient_id",
+                             (7002, 1, "pipelined")),
+                conn.execute("SELECT id FROM patients WHERE id = %s", (4,)),
+                conn.execute("SELECT body FROM notes WHERE body = %s", ("pipelined",)),
+            ]
+        results = [c.fetchall() for c in cursors]
+        conn.execute("SELECT 1").fetchall()
+        with conn.transaction():  # a read inside a transaction goes early too
+            assert conn.execute("SELECT id FROM patients WHERE id = 1").fetchall() == [(1,)]
+    assert results[0] == [(1,)] and results[2] == [(1,)] and results[3] == [(4,)]
+    assert results[4] == [("pipelined",)]
+    rows = wait_for(lambda: (r := statements_of(applied_clinic)) and len(r) >= 9 and r)
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(r[2] is None for r in rows), rows
+    assert [r[4] for r in rows[:5]] == [1, 1, 1, 1, 1]
+
+
+def test_many_sessions_share_the_spool_and_every_answer_is_audited(
+        applied_clinic: Database, proxy: RunningProxy) -> None:
+    """Concurrent sessions, reads sent early and writes sent late, on the same spool."""
+    errors: list[BaseException] = []
+
+    def agent(n: int) -> None:
+        try:
+            with psycopg.connect(proxy.dsn(f"agent-{n}", "clinician", clinic_id=1),
+                                 autocommit=True) as conn:
+                for i in range(30):
+                    assert conn.execute("SELECT id FROM patients WHERE id = %s",
+                                        (1 + 3 * (i % 5),)).fetchall()
+                    conn.execute("SELECT count(*) FROM visits").fetchall()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=agent, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert wait_for(lambda: applied_clinic.execute(
+        "SELECT count(*) FROM audit.statements WHERE agent LIKE 'agent-%'")[0][0] == 360)
+    gaps = applied_clinic.execute(
+        "SELECT session_id FROM audit.statements WHERE agent LIKE 'agent-%' GROUP BY session_id "
+        "HAVING max(seq) <> count(*) OR min(seq) <> 1")
+    assert gaps == []
