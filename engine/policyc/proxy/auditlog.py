@@ -112,6 +112,8 @@ PARTITIONS_EVERY: Final = 6 * 3600.0
 #: The event loop writes and fsyncs the spool itself while one append takes less than this
 #: (moving average); slower disks get the spool thread, so the loop keeps serving sessions.
 INLINE_MAX_FSYNC: Final = 0.002
+#: How long an outcome booked before its begin waits for it (see ``AuditLog._orphans``).
+ORPHAN_SECONDS: Final = 60.0
 UPKEEP_RETRY: Final = 60.0
 
 INSERT_STATEMENTS: Final = """
@@ -634,6 +636,10 @@ class AuditLog:
         self._write_failing = False
         # drainer
         self._open: dict[str, _Open] = {}
+        # live outcomes booked before their begin: a batch written inline can be booked
+        # before an earlier one the spool thread wrote (its callback still on its way)
+        self._orphans: dict[str, tuple[Event, int, int, float]] = {}
+        self._adopt: list[str] = []  # begins of this batch that have an orphan outcome
         self._work: deque[_Work] = deque()
         self._refs: dict[int, int] = {}
         self._quarantine: list[_Work] = []
@@ -690,6 +696,9 @@ class AuditLog:
         if self._drainer_task is not None:
             await self._drainer_task
         self._absorb_pending()
+        for _, segment, _, _ in self._orphans.values():  # their begins were drained before
+            self._release((segment,))
+        self._orphans.clear()
         self._recover_open(RECOVERED_REASON)
         if self._work or self._unregister:
             await self._drain_once()
@@ -993,6 +1002,7 @@ class AuditLog:
         for w in batch:
             for event, size in zip(w.events, w.sizes, strict=True):
                 self._absorb(event, segment, size, live=True)
+        self._pair_orphans()
         self._thread.absorbed(segment)
         if len(self._work) >= self._batch_size and not self._outage:
             self._drain_wake.set()
@@ -1039,12 +1049,21 @@ class AuditLog:
                 self._release((segment,))  # a duplicate line: the first one counts
             else:
                 self._open[rid] = _Open(event, segment, size)
+                if rid in self._orphans:  # paired after its batch, unless an end follows
+                    self._adopt.append(rid)
         elif kind == "end" and isinstance(rid, str):
-            opened = self._open.pop(rid, None)
-            if opened is None:
-                self._release((segment,))  # its begin is already drained (stale or replay)
+            begun = self._open.pop(rid, None)
+            if begun is not None:
+                # the end that follows its begin wins (a record re-queued after a failed
+                # write carries its own outcome; an earlier one is superseded)
+                superseded = self._orphans.pop(rid, None)
+                if superseded is not None:
+                    self._release((superseded[1],))
+                self._work.append(_Work.statement(begun, event, segment, size))
+            elif live:
+                self._orphans[rid] = (event, segment, size, time.monotonic())
             else:
-                self._work.append(_Work.statement(opened, event, segment, size))
+                self._release((segment,))  # its begin is already drained (stale or replay)
         elif kind == "session_refused" and isinstance(event, dict):
             row = {k: v for k, v in event.items() if k != "e"}
             self._work.append(_Work("session", row, (segment,), size))
@@ -1059,6 +1078,18 @@ class AuditLog:
         else:
             # kept on disk for a human: never drained, never deleted
             log.error("audit spool segment %d holds an unknown event; kept", segment)
+
+    def _pair_orphans(self) -> None:
+        """Give begins booked after their outcome (and not followed by another) that outcome."""
+        adopt, self._adopt = self._adopt, []
+        for rid in adopt:
+            orphan = self._orphans.get(rid)
+            begun = self._open.get(rid)
+            if orphan is None or begun is None:
+                continue
+            del self._orphans[rid], self._open[rid]
+            event, segment, size, _ = orphan
+            self._work.append(_Work.statement(begun, event, segment, size))
 
     def _release(self, segments: Iterable[int]) -> None:
         for segment in segments:
@@ -1095,6 +1126,13 @@ class AuditLog:
         if now - self._last_stale_check < 1.0:
             return
         self._last_stale_check = now
+        # an outcome whose begin never came within a minute: its begin was drained before
+        # (a stale record, or a replay after a crash); the row exists, the outcome is dropped
+        old = time.monotonic() - ORPHAN_SECONDS
+        for rid, (_, segment, _, since) in list(self._orphans.items()):
+            if since < old:
+                del self._orphans[rid]
+                self._release((segment,))
         if self._recover_open(STALE_REASON, older_than=now - self._stale_after):
             log.warning("audit: statements without an outcome after %.0f s recorded as such",
                         self._stale_after)
