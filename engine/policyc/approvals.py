@@ -21,6 +21,7 @@ from typing import Any, TextIO
 import psycopg
 from psycopg.rows import dict_row
 
+from policyc.connect import connect as connect_as
 from policyc.policy.durations import format_duration
 
 __all__ = [
@@ -52,8 +53,7 @@ _ONE = _SELECT + " WHERE a.id = %s"
 
 
 def connect(dsn: str | None) -> psycopg.Connection[Any]:
-    """libpq conventions: --dsn, else PG* environment variables."""
-    return psycopg.connect(dsn or "", autocommit=True, application_name="policyc approvals")
+    return connect_as(dsn, "policyc approvals")
 
 
 def list_requests(conn: psycopg.Connection[Any], *, include_decided: bool = False

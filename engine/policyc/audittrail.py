@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from policyc.connect import connect as connect_as
 from policyc.errors import PolicycError
 from policyc.policy import load_policy
 from policyc.policy.durations import UnitError, parse_duration
@@ -228,16 +229,12 @@ def check_export(conn: psycopg.Connection[Any], document: dict[str, Any],
 
 
 # --- command line ---------------------------------------------------------------------------
-def _connect(dsn: str | None) -> psycopg.Connection[Any]:
-    return psycopg.connect(dsn or "", autocommit=True)
-
-
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     public = _public_key(Path(args.public_key)) if args.public_key else None
     if args.trusted and public is None:
         print("policyc audit verify: --trusted needs --public-key", file=sys.stderr)
         return EXIT_USAGE
-    with _connect(args.dsn) as conn:
+    with connect_as(args.dsn, "policyc audit") as conn:
         problems = verify(conn, args.since)
         for path in args.trusted:
             document = json.loads(Path(path).read_text())
@@ -266,7 +263,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace, out: TextIO) -> int:
-    with _connect(args.dsn) as conn:
+    with connect_as(args.dsn, "policyc audit") as conn:
         if args.sign:
             document = export_checkpoint(conn, Path(args.sign))
             text = json.dumps(document, indent=2)
@@ -303,7 +300,7 @@ def _retention(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     retention = _retention(args)
-    with _connect(args.dsn) as conn:
+    with connect_as(args.dsn, "policyc audit") as conn:
         try:
             pruned = prune(conn, retention, now=args.now, dry_run=args.dry_run)
         except psycopg.errors.InvalidParameterValue as exc:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import psycopg
 
 from policyc import __version__, runtime
+from policyc.connect import connect as connect_as
 from policyc.errors import PolicycError
 
 EXIT_OK = 0
@@ -32,11 +33,6 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
-
-
-def _connect(dsn: str | None) -> psycopg.Connection[Any]:
-    """libpq conventions: --dsn, else PG* environment variables."""
-    return psycopg.connect(dsn or "", autocommit=True)
 
 
 def _load(path: str) -> Any:
@@ -93,7 +89,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     from policyc.plan import make_plan
 
     policy = _load(args.policy)
-    with _connect(args.dsn) as conn:
+    with connect_as(args.dsn) as conn:
         plan = make_plan(conn, policy)
     if args.json:
         json.dump(_plan_json(plan), out, indent=2)
@@ -109,7 +105,7 @@ def cmd_apply(args: argparse.Namespace, out: TextIO) -> int:
     from policyc.apply import apply_policy
 
     policy = _load(args.policy)
-    with _connect(args.dsn) as conn:
+    with connect_as(args.dsn) as conn:
         result = apply_policy(conn, policy)
     if args.json:
         json.dump({**_plan_json(result.plan), "executed": result.executed}, out, indent=2)

@@ -31,6 +31,7 @@ from typing import Any, TextIO
 import psycopg
 from psycopg.rows import dict_row
 
+from policyc.connect import connect as connect_as
 from policyc.proxy.results import DecodedResult, ResultDecodeError, decode_result
 
 __all__ = ["Replay", "cmd_replay", "load", "replay_json", "replay_text", "verify"]
@@ -309,8 +310,7 @@ def replay_text(replay: Replay, check: Verification | None = None) -> str:
 # Command ----------------------------------------------------------------------------------------
 
 def connect(dsn: str | None) -> psycopg.Connection[Any]:
-    """libpq conventions: --dsn, else PG* environment variables."""
-    return psycopg.connect(dsn or "", autocommit=True, application_name="policyc replay")
+    return connect_as(dsn, "policyc replay")
 
 
 def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
