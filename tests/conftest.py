@@ -154,6 +154,25 @@ def register(db: Database, conn: psycopg.Connection[Any], agent: str, group: str
     return session_id
 
 
+def apply_at_runtime(db: Database, policy: Any, version: str,
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apply ``policy`` as an older policyc would have: with runtime ``version`` only (for
+    upgrade tests)."""
+    import policyc.apply
+    import policyc.compiler
+    import policyc.plan
+    from policyc import runtime
+
+    upgrade_path = runtime.upgrade_path
+    with monkeypatch.context() as patch:
+        for module in (policyc.apply, policyc.compiler, policyc.plan):
+            patch.setattr(module, "RUNTIME_VERSION", version)
+        patch.setattr(runtime, "upgrade_path",
+                      lambda installed, target=version: upgrade_path(installed, target))
+        with db.connect() as conn:
+            policyc.apply.apply_policy(conn, policy)
+
+
 @pytest.fixture
 def applied_clinic(clinic_db: Database) -> Database:
     """The clinic database with its policy applied."""

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from conftest import Database, clinic_policy, register
+from conftest import Database, apply_at_runtime, clinic_policy, register
 from policyc import RUNTIME_VERSION
 from policyc.apply import apply_policy
 from policyc.errors import CatalogError
@@ -390,22 +390,9 @@ def test_runtime_roles_and_group_roles_cannot_be_approvers(clinic_db: Database) 
 def test_upgrade_from_runtime_0_1_0(clinic_db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """A database applied with runtime 0.1.0 is upgraded in place: requests made before keep
     their rows and gain the new columns' defaults."""
-    import policyc.apply
-    import policyc.compiler
-    import policyc.plan
-    from policyc import runtime
-
-    upgrade_path = runtime.upgrade_path
-
     policy = clinic_policy(clinic_db.name)
-    old = dataclasses.replace(policy, approvals=Approvals())
-    with monkeypatch.context() as patch:
-        for module in (policyc.apply, policyc.compiler, policyc.plan):
-            patch.setattr(module, "RUNTIME_VERSION", "0.1.0")
-        patch.setattr(runtime, "upgrade_path",
-                      lambda installed, target="0.1.0": upgrade_path(installed, target))
-        with clinic_db.connect() as conn:
-            apply_policy(conn, old)
+    apply_at_runtime(clinic_db, dataclasses.replace(policy, approvals=Approvals()), "0.1.0",
+                     monkeypatch)
     assert clinic_db.execute("SELECT to_regprocedure('audit.approve(bigint,text)') IS NULL, "
                              "semantic->>'version' FROM policyc.applied_objects "
                              "WHERE object_key = 'runtime'") == [(True, "0.1.0")]

@@ -8,7 +8,6 @@ statements numbered 1, 2, 3 ..., a close carrying the next number.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import io
 import json
@@ -20,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import Database, clinic_policy
+from conftest import Database, apply_at_runtime, clinic_policy
 from policyc import audittrail
 from policyc.apply import apply_policy
 from policyc.cli import main
@@ -66,6 +65,16 @@ def tamper(db: Database, sql: str, params: Any = None) -> None:
     with db.connect() as conn:
         conn.execute("SET session_replication_role = replica")
         conn.execute(sql.encode() if params is None else sql, params)
+
+
+# a superuser's edit that also recomputes the record's own hash (only seals can catch it)
+REWRITE_FIRST_STATEMENT = (
+    "UPDATE audit.statements SET statement = 'SELECT 1', row_hash = audit.element_hash("
+    "chain, seq, audit.statement_content(ROW(id, record_id, session_id, at, agent, "
+    "group_name, 'SELECT 1', parameters, fingerprint, kind, tables, phi_columns, "
+    "decision, reason, rows, duration_ms, sqlstate, result_digest, approval_id, result, "
+    "chain, seq, row_hash)::audit.statements)) "
+    "WHERE id = (SELECT min(id) FROM audit.statements)")
 
 
 def problems(db: Database) -> list[audittrail.Problem]:
@@ -166,13 +175,7 @@ def test_changing_any_record_is_caught(trail: Database, case: str) -> None:
 
 
 def test_a_rewrite_with_recomputed_hashes_is_caught_by_the_seal(trail: Database) -> None:
-    tamper(trail,
-           "UPDATE audit.statements SET statement = 'SELECT 1', row_hash = audit.element_hash("
-           "chain, seq, audit.statement_content(ROW(id, record_id, session_id, at, agent, "
-           "group_name, 'SELECT 1', parameters, fingerprint, kind, tables, phi_columns, "
-           "decision, reason, rows, duration_ms, sqlstate, result_digest, approval_id, result, "
-           "chain, seq, row_hash)::audit.statements)) "
-           "WHERE id = (SELECT min(id) FROM audit.statements)")
+    tamper(trail, REWRITE_FIRST_STATEMENT)
     found = problems(trail)
     assert [(p.problem, p.table) for p in found] == [("altered", "checkpoints")], found
     assert "differ from what checkpoint" in found[0].detail
@@ -475,13 +478,7 @@ def test_a_signed_export_pins_history_even_against_a_superuser(trail: Database,
     assert cli(*args)[0] == 0
 
     # a DBA rewrites a statement and then the whole seal machinery consistently
-    tamper(trail,
-           "UPDATE audit.statements SET statement = 'SELECT 1', row_hash = audit.element_hash("
-           "chain, seq, audit.statement_content(ROW(id, record_id, session_id, at, agent, "
-           "group_name, 'SELECT 1', parameters, fingerprint, kind, tables, phi_columns, "
-           "decision, reason, rows, duration_ms, sqlstate, result_digest, approval_id, result, "
-           "chain, seq, row_hash)::audit.statements)) "
-           "WHERE id = (SELECT min(id) FROM audit.statements)")
+    tamper(trail, REWRITE_FIRST_STATEMENT)
     tamper(trail, "DELETE FROM audit.checkpoints")
     tamper(trail, "DELETE FROM audit.chain_seals")
     tamper(trail,
@@ -508,20 +505,8 @@ def test_a_signed_export_pins_history_even_against_a_superuser(trail: Database,
 # --- upgrade ----------------------------------------------------------------------------------
 def test_upgrade_from_0_2_0_carries_rows_into_the_chained_trail(
         clinic_db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    import policyc.apply
-    import policyc.compiler
-    import policyc.plan
-    from policyc import runtime
-
-    upgrade_path = runtime.upgrade_path
     policy = clinic_policy(clinic_db.name)
-    with monkeypatch.context() as patch:
-        for module in (policyc.apply, policyc.compiler, policyc.plan):
-            patch.setattr(module, "RUNTIME_VERSION", "0.2.0")
-        patch.setattr(runtime, "upgrade_path",
-                      lambda installed, target="0.2.0": upgrade_path(installed, target))
-        with clinic_db.connect() as conn:
-            apply_policy(conn, dataclasses.replace(policy))
+    apply_at_runtime(clinic_db, policy, "0.2.0", monkeypatch)
     sid = str(uuid.uuid4())
     with clinic_db.connect() as conn:
         conn.execute("INSERT INTO audit.sessions (session_id, agent, outcome) "
