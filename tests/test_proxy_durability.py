@@ -22,10 +22,10 @@ import psycopg
 import pytest
 
 from conftest import Database, clinic_policy
-from policyc.proxy.classify import classify
+from policyc.proxy.classify import Scope, classify
 from policyc.proxy.codec import Bind, Describe, Execute, Parse, Query
 from policyc.proxy.codec.framing import BackendFramer
-from policyc.proxy.decide import Decider
+from policyc.proxy.decide import Decider, combined_scope
 from proxyharness import RunningProxy, wait_for
 
 SYNC = b"S\x00\x00\x00\x04"
@@ -117,6 +117,66 @@ def test_the_shape_cache_gives_the_full_decision_with_the_query_s_own_text() -> 
 
 
 # ---- a raw client, to see every byte ------------------------------------------------------
+
+@pytest.mark.parametrize(("sql", "scope"), [
+    ("SELECT id FROM patients WHERE id = 5", "none"),
+    ("BEGIN", "none"),
+    ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE", "none"),
+    ("SAVEPOINT a", "none"),
+    ("RELEASE a", "none"),
+    ("ROLLBACK TO a", "none"),
+    ("ROLLBACK", "rollback"),
+    ("ABORT", "rollback"),
+    ("COMMIT", "any"),
+    ("END", "any"),
+    ("COMMIT AND CHAIN", "any"),
+    ("PREPARE TRANSACTION 'x'", "any"),
+    ("COMMIT PREPARED 'x'", "any"),
+    ("ROLLBACK PREPARED 'x'", "any"),
+    ("INSERT INTO visits (id, patient_id, clinic_id, visited_at) VALUES (1, 2, 2, now())",
+     "transaction"),
+    ("UPDATE visits SET notes = lower(substring(notes from 2)), diagnosis = DEFAULT "
+     "WHERE id = 3 RETURNING id", "transaction"),
+    ("DELETE FROM notes WHERE patient_id IN (SELECT id FROM patients WHERE clinic_id = 1)",
+     "transaction"),
+    ("INSERT INTO notes SELECT * FROM notes ON CONFLICT (id) DO UPDATE SET body = "
+     "EXCLUDED.body", "transaction"),
+    ("WITH d AS (DELETE FROM notes RETURNING *) INSERT INTO notes SELECT * FROM d",
+     "transaction"),
+    ("SELECT count(*) FROM patients", "transaction"),
+    # reaches beyond the transaction, or cannot be shown not to
+    ("UPDATE visits SET notes = pg_terminate_backend(1)::text", "any"),
+    ("INSERT INTO claims (id) VALUES (nextval('claims_id_seq'))", "any"),
+    ("UPDATE visits SET notes = public.lower(notes)", "any"),
+    ("UPDATE visits SET notes = 'x' WHERE id IN (SELECT id FROM visits FOR UPDATE)", "any"),
+    ("INSERT INTO notes SELECT * FROM dblink('x', 'y') AS t(a int)", "any"),
+    ("SELECT pg_advisory_lock(1)", "any"),
+    ("SELECT set_config('a.b', 'c', false)", "any"),
+    ("CALL p()", "any"),
+    ("DO $$ BEGIN COMMIT; END $$", "any"),
+    ("COPY notes FROM STDIN", "any"),
+    ("SET work_mem = '1MB'", "any"),
+    ("TRUNCATE notes", "any"),
+    ("LOCK TABLE notes", "any"),
+    ("NOTIFY chan", "any"),
+    ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "any"),
+])
+def test_effect_scope_is_proven_not_guessed(sql: str, scope: str) -> None:
+    [statement] = classify(sql).statements
+    assert statement.scope == scope
+
+
+@pytest.mark.parametrize(("scopes", "combined"), [
+    (["none", "transaction"], "transaction"),
+    (["transaction", "rollback"], "any"),  # one unit: it needs the block and ends it
+    (["rollback", "none"], "rollback"),
+    (["rollback", "transaction"], "any"),  # runs after the block ended: autocommit
+    (["none", "any", "none"], "any"),
+])
+def test_a_statement_after_a_rollback_is_outside_the_block(scopes: list[Scope],
+                                                           combined: str) -> None:
+    assert combined_scope(scopes) == combined
+
 
 class RawClient:
     """A PostgreSQL client on a bare socket: every frame the proxy sends is seen."""
@@ -363,3 +423,89 @@ def test_many_sessions_share_the_spool_and_every_answer_is_audited(
         "SELECT session_id FROM audit.statements WHERE agent LIKE 'agent-%' GROUP BY session_id "
         "HAVING max(seq) <> count(*) OR min(seq) <> 1")
     assert gaps == []
+
+
+# ---- writes inside a transaction block -----------------------------------------------------
+
+NOTE = ("INSERT INTO notes (id, patient_id, author, written_at, body) "
+        "VALUES ({id}, 1, 'agent', now(), 'in a block')")
+
+
+def note_count(db: Database, note_id: int) -> int:
+    return int(db.execute("SELECT count(*) FROM notes WHERE id = %s", (note_id,))[0][0])
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_a_write_in_a_block_runs_while_its_record_is_written_and_commit_waits(
+        applied_clinic: Database, proxy: RunningProxy, protocol: str) -> None:
+    """Inside BEGIN ... the INSERT goes upstream while its record is held, its answer waits;
+    the COMMIT that would make it last does not reach the database before the records."""
+    app = f"durability-{uuid.uuid4().hex[:8]}"
+    note_id = 7101 if protocol == "simple" else 7102
+    sql = NOTE.format(id=note_id)
+    with raw_client(proxy, "clinician", app, clinic_id=1) as client:
+        client.send(Query("BEGIN").encode())
+        client.until(b"Z")
+        with spool(proxy, inline=False) as release:
+            client.send(*([Query(sql).encode()] if protocol == "simple" else extended(sql)))
+            assert wait_for(lambda: activity(applied_clinic, app) == [
+                (sql, "idle in transaction")]), activity(applied_clinic, app)
+            assert client.read(0.3) == []  # not one byte of its answer yet
+            client.send(Query("COMMIT").encode())
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:  # the COMMIT is held back
+                assert activity(applied_clinic, app) == [(sql, "idle in transaction")]
+                time.sleep(0.05)
+            assert client.read(0.1) == []
+            assert note_count(applied_clinic, note_id) == 0
+            release.set()
+            frames = client.until(b"Z")
+            frames += client.until(b"Z") if [k for k, _ in frames].count(b"Z") < 2 else []
+    assert sqlstates(frames) == []
+    assert note_count(applied_clinic, note_id) == 1
+    rows = wait_for(lambda: (r := statements_of(applied_clinic)) and len(r) >= 3 and r)
+    assert [r[1] for r in rows] == ["BEGIN", sql, "COMMIT"]
+    assert all(r[2] is None for r in rows), rows
+
+
+@pytest.mark.parametrize("first", ["ROLLBACK", "COMMIT"])
+def test_a_write_after_the_block_ends_in_the_same_batch_waits_for_its_record(
+        applied_clinic: Database, proxy: RunningProxy, first: str) -> None:
+    """``ROLLBACK`` (which may go early) and an INSERT sent together: the INSERT runs in
+    autocommit, so it must not reach the database before its record is durable."""
+    app = f"durability-{uuid.uuid4().hex[:8]}"
+    note_id = 7103 if first == "ROLLBACK" else 7104
+    sql = NOTE.format(id=note_id)
+    with raw_client(proxy, "clinician", app, clinic_id=1) as client:
+        client.send(Query("BEGIN").encode())
+        client.until(b"Z")
+        with spool(proxy, inline=False) as release:
+            client.send(Query(first).encode(), Query(sql).encode())
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                assert activity(applied_clinic, app) == [("BEGIN", "idle in transaction")]
+                assert note_count(applied_clinic, note_id) == 0
+                time.sleep(0.05)
+            release.set()
+            frames = client.until(b"Z")
+            frames += client.until(b"Z") if [k for k, _ in frames].count(b"Z") < 2 else []
+    assert sqlstates(frames) == []
+    assert note_count(applied_clinic, note_id) == 1
+
+
+def test_a_write_in_a_block_whose_record_fails_is_rolled_back(
+        applied_clinic: Database, proxy: RunningProxy) -> None:
+    """The spool fails after the INSERT reached the database: the client gets 58030, no
+    answer, and the session ends, so the INSERT never commits."""
+    app = f"durability-{uuid.uuid4().hex[:8]}"
+    sql = NOTE.format(id=7105)
+    with raw_client(proxy, "clinician", app, clinic_id=1) as client:
+        client.send(Query("BEGIN").encode())
+        client.until(b"Z")
+        with spool(proxy, inline=False, fail=True):
+            client.send(Query(sql).encode(), Query("COMMIT").encode())
+            frames = client.read(5)
+    assert sqlstates(frames) == ["58030"], frames
+    assert not {b"C", b"Z"} & {kind for kind, _ in frames}
+    assert wait_for(lambda: activity(applied_clinic, app) == [])
+    assert note_count(applied_clinic, 7105) == 0

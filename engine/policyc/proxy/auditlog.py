@@ -112,6 +112,12 @@ PARTITIONS_EVERY: Final = 6 * 3600.0
 #: The event loop writes and fsyncs the spool itself while one append takes less than this
 #: (moving average); slower disks get the spool thread, so the loop keeps serving sessions.
 INLINE_MAX_FSYNC: Final = 0.002
+#: How often the drainer inserts what the spool holds, and after how many written batches it
+#: starts early.  Every drain is a commit (a WAL flush on the database's disk, often the
+#: spool's disk too) and a round trip on the event loop; records are durable in the spool
+#: meanwhile, so draining in larger, rarer batches costs only how soon auditors see them.
+DRAIN_INTERVAL: Final = 0.2
+DRAIN_AFTER_BATCHES: Final = 256
 #: How long an outcome booked before its begin waits for it (see ``AuditLog._orphans``).
 ORPHAN_SECONDS: Final = 60.0
 UPKEEP_RETRY: Final = 60.0
@@ -604,7 +610,7 @@ class AuditLog:
 
     def __init__(self, conninfo: str, spool_dir: Path, *, proxy_name: str,
                  max_spool_bytes: int = 1 << 30, segment_bytes: int = 8 << 20,
-                 drain_interval: float = 0.05, batch_size: int = 1000,
+                 drain_interval: float = DRAIN_INTERVAL, batch_size: int = 1000,
                  db_timeout: float = 5.0, stale_after: float = 3600.0,
                  checkpoint_interval: float = 60.0, lazy_delay: float = 0.002,
                  inline: bool = True) -> None:
@@ -986,7 +992,7 @@ class AuditLog:
         # the drainer's books are kept by the drainer (off the statements' path), or sooner
         # when much is waiting
         self._unabsorbed.append((batch, segment))
-        if len(self._unabsorbed) >= 64:
+        if len(self._unabsorbed) >= DRAIN_AFTER_BATCHES:
             self._drain_wake.set()
 
     def _absorb_pending(self) -> None:

@@ -59,6 +59,12 @@ StatementKind = Literal[
     "other",
 ]
 
+#: How far a statement's effects can reach (see :func:`effect_scope`): ``none`` (a
+#: side-effect-free read, BEGIN, SAVEPOINT ...), ``rollback`` (ROLLBACK/ABORT: undoes, and
+#: ends the transaction block), ``transaction`` (changes data only inside the open
+#: transaction: nothing of it outlives a rollback) and ``any``.
+Scope = Literal["none", "rollback", "transaction", "any"]
+
 #: Risky shapes a classification may carry (a superset of the policy's approvable shapes).
 RISKY: Final = frozenset(
     {
@@ -122,6 +128,7 @@ class StatementInfo:
     setting: str | None = None
     name: str | None = None
     side_effect_free: bool = False
+    scope: Scope = "any"
 
     @property
     def tables_without_ctes(self) -> frozenset[TableName]:
@@ -542,9 +549,11 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
     elif node in {"ListenStmt", "NotifyStmt", "UnlistenStmt"}:
         name = body.get("conditionname")  # the channel; None means UNLISTEN *
 
+    pure = kind in ("select", "show") and side_effect_free(wrapper)
     return StatementInfo(
         kind=kind,
-        side_effect_free=kind in ("select", "show") and side_effect_free(wrapper),
+        side_effect_free=pure,
+        scope="none" if pure else effect_scope(node, body, wrapper),
         text=text,
         tables=frozenset(collector.tables),
         columns=_resolve_columns(collector),
@@ -610,6 +619,94 @@ def side_effect_free(statement: Any) -> bool:
             if isinstance(value, dict | list):
                 stack.append(value)
     return True
+
+
+#: Transaction control that changes nothing by itself.
+_NO_EFFECT_TRANSACTION: Final = frozenset(
+    {"TRANS_STMT_BEGIN", "TRANS_STMT_START", "TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE",
+     "TRANS_STMT_ROLLBACK_TO"})
+#: Statements whose writes stay inside the open transaction, and the nodes they may hold
+#: besides those of a side-effect-free read.
+_DML_NODES: Final = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+_TRANSACTION_NODES: Final = _PURE_NODES | _DML_NODES | frozenset(
+    {"OnConflictClause", "InferClause", "IndexElem", "MultiAssignRef", "SetToDefault",
+     "MergeWhenClause", "FuncCall"})
+#: pg_catalog functions that compute from their arguments, the clock or the transaction
+#: and act on nothing: calling them inside an open transaction changes nothing outside it.
+#: An allow-list (agents cannot change ``search_path`` nor create functions, so an
+#: unqualified name is pg_catalog's).
+_TRANSACTION_SAFE_FUNCTIONS: Final = frozenset(
+    {
+        "now", "statement_timestamp", "transaction_timestamp", "clock_timestamp", "timezone",
+        "date_trunc", "date_part", "extract", "make_date", "make_time", "make_timestamp",
+        "make_timestamptz", "make_interval", "age", "to_char", "to_date", "to_timestamp",
+        "to_number", "lower", "upper", "initcap", "length", "char_length", "octet_length",
+        "substr", "substring", "position", "strpos", "replace", "btrim", "ltrim", "rtrim",
+        "concat", "concat_ws", "left", "right", "lpad", "rpad", "split_part", "overlay",
+        "md5", "abs", "round", "floor", "ceil", "ceiling", "trunc", "mod", "power", "sqrt",
+        "random", "gen_random_uuid", "jsonb_build_object", "json_build_object",
+        "jsonb_build_array", "json_build_array", "to_jsonb", "to_json", "array_length",
+        "cardinality", "count", "sum", "min", "max", "avg",
+    }
+)
+
+
+def effect_scope(node: str, body: JsonNode, statement: Any) -> Scope:
+    """How far the statement's effects can reach, proven from its parse tree, never guessed
+    (anything not shown to be narrower is ``any``).  Why it matters: the proxy may send a
+    statement whose effects cannot outlive its transaction upstream while its record is
+    being made durable, because the COMMIT that would make them last waits for every
+    record before it (see :mod:`policyc.proxy.session`)."""
+    if node == "TransactionStmt":
+        kind = body.get("kind")
+        if kind in _NO_EFFECT_TRANSACTION:
+            return "none"
+        return "rollback" if kind == "TRANS_STMT_ROLLBACK" else "any"
+    if (node in _DML_NODES or node == "SelectStmt") and \
+            _only_nodes(statement, _TRANSACTION_NODES):
+        return "transaction"
+    return "any"
+
+
+def _only_nodes(statement: Any, allowed: frozenset[str]) -> bool:
+    """The tree holds only ``allowed`` node types, no SELECT INTO or locking clause, no
+    operator or type outside pg_catalog by a qualified name, and only functions of
+    :data:`_TRANSACTION_SAFE_FUNCTIONS`.  Iterative, like :func:`side_effect_free`."""
+    stack: list[Any] = [statement]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        for key, value in item.items():
+            if key[:1].isupper():
+                if key not in allowed:
+                    return False
+                if key == "FuncCall" and not _safe_function(value):
+                    return False
+            elif key in _IMPURE_FIELDS:
+                return False
+            elif key in _NAME_FIELDS and isinstance(value, list) and len(value) > 1:
+                qualified = names(value)
+                if len(qualified) != len(value) or qualified[0] != "pg_catalog":
+                    return False
+            if isinstance(value, dict | list):
+                stack.append(value)
+    return True
+
+
+def _safe_function(call: Any) -> bool:
+    if not isinstance(call, dict):
+        return False
+    written = call.get("funcname")
+    parts = names(written)
+    if not parts or not isinstance(written, list) or len(parts) != len(written):
+        return False
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "pg_catalog"):
+        return False
+    return parts[-1] in _TRANSACTION_SAFE_FUNCTIONS
 
 
 def _copy(body: JsonNode, collector: _Collector) -> StatementKind:

@@ -24,7 +24,7 @@ from typing import Final
 from pglast import parser as pg_parser
 
 from policyc.policy.model import Group, Policy
-from policyc.proxy.classify import Classification, ClassifierCache, fingerprint
+from policyc.proxy.classify import Classification, ClassifierCache, Scope, fingerprint
 from policyc.proxy.verdict import Verdict, decide_all
 
 #: Longest text kept in a cache (exact text or shape).
@@ -47,6 +47,9 @@ class Decision:
     # every statement is a provably side-effect-free read the group may run as it is: the
     # proxy may send it upstream while its record is being made durable (the answer waits)
     side_effect_free: bool = False
+    # how far the effects of the whole string can reach, for a string the group may run as
+    # it is (else "any"): see policyc.proxy.classify.effect_scope and combined_scope
+    scope: Scope = "any"
 
     @property
     def blocked_index(self) -> int | None:
@@ -66,6 +69,22 @@ def single_statement_text(sql: str) -> str | None:
     if not body or ";" in body or "--" in body or "/*" in body:
         return None
     return body
+
+
+_SCOPE_ORDER: Final[dict[str, int]] = {"none": 0, "rollback": 1, "transaction": 2, "any": 3}
+
+
+def combined_scope(scopes: list[Scope]) -> Scope:
+    """The scope of statements run one after another: the widest of them, except that a
+    ROLLBACK mixed with a statement that needs the block (before it or after it, where it
+    would run in autocommit) makes the whole ``any``: one string is one unit of overlap."""
+    widest: Scope = "none"
+    for scope in scopes:
+        if _SCOPE_ORDER[scope] > _SCOPE_ORDER[widest]:
+            widest = scope
+    if "rollback" in scopes and widest != "rollback":
+        return "any"
+    return widest
 
 
 class Decider:
@@ -105,7 +124,10 @@ class Decider:
         pure = bool(statements) and classification.error is None and all(
             info.side_effect_free for info in statements) and all(
             verdict.decision in ("allowed", "masked") for verdict in verdicts)
-        decision = Decision(classification, verdicts, print_, fields, pure)
+        runs_as_is = bool(statements) and classification.error is None and all(
+            verdict.decision in ("allowed", "masked") for verdict in verdicts)
+        scope = combined_scope([info.scope for info in statements]) if runs_as_is else "any"
+        decision = Decision(classification, verdicts, print_, fields, pure, scope)
         if len(sql) <= MAX_CACHED_TEXT:
             self._remember(self._cache, key, decision)
             if pure and len(statements) == 1 and \

@@ -3,17 +3,30 @@
 Every client message is decided before it is forwarded, and every statement is recorded
 durably in the audit log's spool before it can matter.  The durability point:
 
-* a provably side-effect-free read (``Decision.side_effect_free``: a plain SELECT, VALUES,
-  TABLE or SHOW naming no function, no locking clause, no SELECT INTO, no writable CTE, that
-  the group may run as it is) goes upstream as soon as its record is queued, and the database
-  runs it while the record is written; its answer waits: no byte of any response to that
-  batch leaves the proxy before the record is durable (``Expect.gate``).  If the record cannot
-  be made durable the answer is dropped, the client gets 58030 and the session ends;
-* every other statement (writes, function calls, transaction control, cursors, COPY, SET,
-  PREPARE/EXECUTE, holds, refusals ...) reaches the database only once its record is durable.
+* a statement that changes nothing (``Decision.scope`` ``none``: a provably side-effect-free
+  read — a plain SELECT, VALUES, TABLE or SHOW naming no function, no locking clause, no
+  SELECT INTO, no writable CTE — or BEGIN, SAVEPOINT, RELEASE, ROLLBACK [TO]) that the group
+  may run as it is goes upstream as soon as its record is queued, and the database runs it
+  while the record is written;
+* so does a statement whose effects stay inside its transaction (``scope`` ``transaction``:
+  INSERT/UPDATE/DELETE/MERGE or SELECT whose tree holds only such nodes and allow-listed
+  pg_catalog functions such as ``now()``) while the session is certainly inside a
+  transaction block (every earlier response in, last ReadyForQuery 'T' or 'E'): only a
+  COMMIT can make such effects last, and the COMMIT is not overlapped;
+* for both, the answer waits: no byte of any response to that batch leaves the proxy before
+  the record is durable (``Expect.gate``).  If the record cannot be made durable the answer
+  is dropped, the client gets 58030 and the session ends (which rolls back its transaction);
+* every other statement (COMMIT, autocommit writes, other function calls, cursors, COPY, SET,
+  PREPARE/EXECUTE, holds, refusals ...) reaches the database only once its record is
+  durable — and records are made durable in order, so a COMMIT's record being durable means
+  every record of its transaction is.
 
-So for a read the record is durable before the first byte of its answer leaves the proxy; for
-everything else, before the statement reaches the server.  The proxy never answers for the server
+So no answer leaves the proxy before its statement's record is durable, and nothing an agent
+does can outlive its transaction, or be seen outside it, before its record is durable.
+Triggers the DBA put on a table run with the write that fires them; one that acts outside the
+database (say, through dblink) would act before the record is durable, as it would act
+before the COMMIT.
+The proxy never answers for the server
 mid-stream: a refused statement is replaced by a "poison" the server fails on (``SELECT 1/0``
 for simple queries, a syntax error for Parse), and that error is rewritten into ours. So the
 server keeps its own transaction and pipeline semantics (an error aborts the transaction and
@@ -200,6 +213,7 @@ class Session:
         default_factory=list)
     _batch_expects: list[Expect] = field(default_factory=list)  # this batch's expectations
     _gates: list[asyncio.Future[None]] = field(default_factory=list)  # see server_pump
+    _in_block: bool = False  # see _handle_client_frames and _overlaps
     _failure: AuditUnavailable | None = None  # a record failed after its statement was sent
     _failed: asyncio.Future[None] | None = None  # wakes run() on such a failure
     approvals: Any = None  # ApprovalBroker, or None when the policy names no approvers
@@ -233,6 +247,9 @@ class Session:
 
     async def _handle_client_frames(self, frames: list[Frame]) -> None:
         out: list[bytes] = []
+        # inside a transaction block for sure: every earlier response is in (nothing can
+        # end the block unseen) and the server said so in its last ReadyForQuery
+        self._in_block = not self.expected and self.transaction_status in ("T", "E")
         try:
             for frame in frames:
                 kind = frame.type
@@ -379,6 +396,8 @@ class Session:
             if self.results is ResultRecording.FULL:
                 assert self._budget is not None
                 unit.capture = ResultCapture(self._budget)
+        if not overlap:
+            self._in_block = False  # it may end the block: later statements are not sure
         self._spool(record, overlap=unit if overlap else None)
         return unit
 
@@ -434,9 +453,10 @@ class Session:
             unit.finished = True  # its outcome is this record
         self.audit.record_statement_later(record, StatementOutcome(
             record.record_id, None, None, AuditUnavailable.sqlstate,
-            note=(f"answer withheld: the audit trail was unavailable ({why}); the read was "
-                  "sent to the database while its record was written, and no byte of its "
-                  "answer reached the client")))
+            note=(f"answer withheld: the audit trail was unavailable ({why}); the statement "
+                  "was sent to the database while its record was written, no byte of its "
+                  "answer reached the client, and the session ended (rolling back any open "
+                  "transaction)")))
         self._fail(exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(why))
 
     def _fail(self, exc: AuditUnavailable) -> None:
@@ -519,9 +539,9 @@ class Session:
                     self._expect(Expect("sync"))
                     return
         if stop is None:
-            # a provably side-effect-free read goes upstream while its record is written;
-            # its answer waits for the record (see _flush)
-            overlap = decision.side_effect_free and approval_id is None
+            # a statement whose effects nothing outside its transaction can see goes
+            # upstream while its record is written; its answer waits for it (see _flush)
+            overlap = self._overlaps(decision, approval_id)
             for index, info in enumerate(statements):
                 label = "approved" if approval_id else self._verdict_for(decision, index)
                 record = self._record(info.text, decision, index, label,
@@ -560,6 +580,26 @@ class Session:
         out.append(Query(";\n".join(texts)).encode())
         self._expect(Expect("stmt", rewrite=(sqlstate, text)))
         self._expect(Expect("sync"))
+
+    def _overlaps(self, decision: Decision | None, approval_id: int | None) -> bool:
+        """May this statement go upstream before its record is durable (see _flush)?
+
+        Yes for what changes nothing (a side-effect-free read, BEGIN, SAVEPOINT, ROLLBACK),
+        and for a statement whose effects stay in its transaction (``scope`` transaction)
+        while the session is certainly inside a transaction block: then only a later
+        COMMIT can make them last, and a COMMIT goes upstream only once its record, and so
+        every record before it, is durable.  Anything that may end the block ends that
+        certainty for the rest of the batch.  An approved statement always waits."""
+        if decision is None or approval_id is not None:
+            self._in_block = False
+            return False
+        scope = decision.scope
+        if scope == "none":
+            return True
+        if scope == "transaction":
+            return self._in_block
+        self._in_block = False
+        return scope == "rollback"
 
     @staticmethod
     def _verdict_for(decision: Decision, index: int) -> str:
@@ -642,8 +682,7 @@ class Session:
         record = self._record(prepared.sql, decision, 0, verdict,
                               parameters=portal.parameters or None, approval_id=approval_id)
         out.append(frame.raw)
-        unit = self._unit(record, decision, overlap=approval_id is None and decision is not None
-                          and decision.side_effect_free)
+        unit = self._unit(record, decision, overlap=self._overlaps(decision, approval_id))
         unit.portal = portal
         self._expect(Expect("execute", unit))
 
@@ -1002,7 +1041,7 @@ class Session:
             errors = [task.exception() for task in done]
             if self._failure is not None and not any(
                     isinstance(exc, AuditUnavailable) for exc in errors):
-                errors.append(self._failure)  # a record failed after its read was sent
+                errors.append(self._failure)  # a record failed after its statement was sent
             for exc in errors:
                 if isinstance(exc, ProtocolViolation):
                     self.end_reason = f"protocol violation: {exc}"

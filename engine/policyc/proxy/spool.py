@@ -6,10 +6,20 @@ would erase it).  A local fsync costs a few hundred microseconds and needs no ne
 audit log drains the spool into PostgreSQL afterwards.
 
 Layout: ``<dir>/seg-00000001.jsonl`` ... one JSON object per line, written in whole batches
-(``os.write`` loop + ``os.fdatasync``).  A crash can leave the last line of a segment torn; it
+(``os.pwrite`` loop + ``os.fdatasync``).  A crash can leave the last line of a segment torn; it
 is skipped on recovery.  After a write error the segment is abandoned (never appended to
 again) so a torn line can only ever be a segment's last.  ``<dir>/spool.lock`` holds an
 exclusive ``flock`` so two proxies never share (and delete each other's) segments.
+
+Preallocated segments (why: the fsync is the floor of every statement's latency).  Appending
+to a file changes its size, so every ``fdatasync`` also commits the file system's journal;
+overwriting blocks that already exist does not, which makes the flush about a third cheaper
+(and far cheaper while other processes keep the journal busy).  So, as PostgreSQL does for
+its WAL, a background thread writes the next segment full of zeros and fsyncs it ahead of
+time (``<dir>/next.prealloc``); rotation renames it into place.  JSON text never contains a
+NUL byte (control characters are escaped), so a reader takes a segment's content to be
+everything before its first NUL: acknowledged batches were durable before any later byte was
+written, so they always lie before it.
 
 This module is synchronous and knows nothing of records: the audit log calls it from its
 spool thread or from the event loop, never both at once (one owner at a time serialises every
@@ -25,6 +35,7 @@ import logging
 import os
 import re
 import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +44,9 @@ log = logging.getLogger("policyc.proxy.audit")
 
 _SEGMENT = re.compile(r"^seg-(\d{8})\.jsonl$")
 LOCK_NAME = "spool.lock"
+PREALLOC_NAME = "next.prealloc"
+_PREALLOC_TMP = "next.prealloc.tmp"
+_ZEROS = bytes(1 << 20)
 
 
 class SpoolLocked(OSError):
@@ -50,6 +64,7 @@ class RecoveredSegment:
     number: int
     events: list[dict[str, Any]]
     torn: int = 0
+    size: int = 0  # bytes of content (a preallocated tail not counted)
 
 
 @dataclass
@@ -58,6 +73,7 @@ class Spool:
 
     directory: Path
     segment_bytes: int = 8 << 20
+    preallocate: bool = True
     fsyncs: int = 0
     current: int = 0
     total_bytes: int = 0
@@ -66,6 +82,9 @@ class Spool:
     _dir_fd: int = -1
     _lock_fd: int = -1
     _abandon: bool = False
+    _offset: int = 0
+    _prealloc_thread: threading.Thread | None = None
+    _prealloc_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- lifecycle --------------------------------------------------------------------
     def open(self) -> list[RecoveredSegment]:
@@ -89,15 +108,22 @@ class Spool:
             self.close()
             raise SpoolLocked(
                 f"audit spool {self.directory} is in use by another audit log") from exc
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.directory / _PREALLOC_TMP)  # an interrupted preallocation
         recovered = [self._read(n) for n in self._existing()]
         for seg in recovered:
-            self.sizes[seg.number] = (self.directory / segment_name(seg.number)).stat().st_size
+            self.sizes[seg.number] = seg.size
         self.total_bytes = sum(self.sizes.values())
+        if self.preallocate and not (self.directory / PREALLOC_NAME).exists():
+            self._write_prealloc()  # the first segment too (once, at start)
         self._start_segment(max(self.sizes, default=0) + 1)
         return recovered
 
     def close(self) -> None:
         """Close every descriptor (data already written was fsynced by ``append``)."""
+        thread = self._prealloc_thread
+        if thread is not None:
+            thread.join()
         for name in ("_fd", "_dir_fd", "_lock_fd"):
             fd = getattr(self, name)
             if fd >= 0:
@@ -118,17 +144,16 @@ class Spool:
         try:
             view = memoryview(data)
             while view:
-                written = os.write(self._fd, view)
+                written = os.pwrite(self._fd, view, self._offset)
                 view = view[written:]
+                self._offset += written
             # the data and the file size (fdatasync flushes what is needed to read it back;
             # it skips only timestamps): one device flush, about 10-20 % cheaper than fsync
             os.fdatasync(self._fd)
         except OSError:
             self._abandon = True
-            with contextlib.suppress(OSError):
-                size = os.fstat(self._fd).st_size
-                self.total_bytes += size - self.sizes[number]
-                self.sizes[number] = size
+            self.total_bytes += self._offset - self.sizes[number]
+            self.sizes[number] = self._offset
             raise
         self.fsyncs += 1
         self.sizes[number] += len(data)
@@ -159,13 +184,60 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-        self._fd = os.open(self.directory / segment_name(number), flags, 0o600)
+        path = self.directory / segment_name(number)
+        with self._prealloc_lock:  # the preallocator is not renaming it right now
+            try:
+                os.rename(self.directory / PREALLOC_NAME, path)
+            except FileNotFoundError:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                self._fd = os.open(path, flags, 0o600)
+            else:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         self.current = number
         self.sizes[number] = 0
+        self._offset = 0
         self._abandon = True  # until the directory entry is durable
         self._sync_dir()
         self._abandon = False
+        self._preallocate_next()
+
+    def _preallocate_next(self) -> None:
+        """Start writing the next segment's zeros in the background (one at a time)."""
+        if not self.preallocate or (self.directory / PREALLOC_NAME).exists():
+            return
+        thread = self._prealloc_thread
+        if thread is not None and thread.is_alive():
+            return
+        thread = threading.Thread(target=self._write_prealloc, name="policyc-spool-prealloc",
+                                  daemon=True)
+        self._prealloc_thread = thread
+        thread.start()
+
+    def _write_prealloc(self) -> None:
+        """On the preallocation thread: ``next.prealloc``, zero-filled and durable.
+
+        It touches only its own two file names, so it never races the spool's owner; a
+        failure just means the next segment is an ordinary (appended) file.
+        """
+        tmp = self.directory / _PREALLOC_TMP
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                left = self.segment_bytes + (64 << 10)  # room for the batch that crosses
+                while left > 0:
+                    chunk = _ZEROS[:min(left, len(_ZEROS))]
+                    left -= os.write(fd, chunk)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with self._prealloc_lock:
+                os.rename(tmp, self.directory / PREALLOC_NAME)
+            _fsync_path(self.directory)
+        except OSError as exc:
+            log.warning("audit spool: could not preallocate the next segment (%s)",
+                        exc.strerror or type(exc).__name__)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def _sync_dir(self) -> None:
         os.fsync(self._dir_fd)
@@ -180,7 +252,7 @@ class Spool:
         return sorted(numbers)
 
     def _read(self, number: int) -> RecoveredSegment:
-        raw = (self.directory / segment_name(number)).read_bytes()
+        raw = read_segment(self.directory / segment_name(number))
         lines = raw.split(b"\n")
         # the piece after the last newline is a torn write (or b"" when the file is whole)
         torn = 1 if lines[-1] else 0
@@ -199,7 +271,12 @@ class Spool:
         if lines[-1]:
             log.warning("audit spool %s ends with a torn line (%d bytes); ignored",
                         segment_name(number), len(lines[-1]))
-        return RecoveredSegment(number, events, torn)
+        return RecoveredSegment(number, events, torn, len(raw))
+
+
+def read_segment(path: Path) -> bytes:
+    """A segment's content: its bytes before the first NUL (the rest was preallocated)."""
+    return path.read_bytes().split(b"\0", 1)[0]
 
 
 def _fsync_path(path: Path) -> None:
