@@ -39,6 +39,7 @@ if str(ROOT / "engine") not in sys.path:
 import applycost  # noqa: E402
 import datapath  # noqa: E402
 import dbcost  # noqa: E402
+import floor  # noqa: E402
 import hotpath  # noqa: E402
 import psycopg  # noqa: E402
 import report  # noqa: E402
@@ -201,6 +202,8 @@ def run(settings: Settings, outdir: Path) -> dict[str, Any]:
                           "description": w.description} for w in datapath.WORKLOADS]
             return {"workloads": workloads, **matrix}
 
+        section(results, "floor", "the per-statement floor: one spool flush",
+                lambda: floor.spool_flush(work / "floor"))
         section(results, "datapath", "data path: direct vs PgBouncer vs proxy",
                 measure_datapath)
         results["profile"] = {}

@@ -41,8 +41,9 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
 
     data = json.loads((tmp_path / "results.json").read_text())
     for key in ("date", "machine", "settings", "cluster_settings", "datapath", "profile",
-                "masking", "audit_trigger", "apply", "targets", "elapsed_s"):
+                "masking", "audit_trigger", "apply", "targets", "elapsed_s", "floor"):
         assert key in data, key
+    assert 0 < data["floor"]["median_us"] <= data["floor"]["p99_us"]
     assert data["cluster_settings"]["fsync"] == "on"
     assert data["machine"]["cores"] >= 1 and data["machine"]["postgresql"]
 

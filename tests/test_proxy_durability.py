@@ -127,9 +127,9 @@ def test_the_shape_cache_gives_the_full_decision_with_the_query_s_own_text() -> 
     ("ROLLBACK TO a", "none"),
     ("ROLLBACK", "rollback"),
     ("ABORT", "rollback"),
-    ("COMMIT", "any"),
-    ("END", "any"),
-    ("COMMIT AND CHAIN", "any"),
+    ("COMMIT", "commit"),
+    ("END", "commit"),
+    ("COMMIT AND CHAIN", "commit"),
     ("PREPARE TRANSACTION 'x'", "any"),
     ("COMMIT PREPARED 'x'", "any"),
     ("ROLLBACK PREPARED 'x'", "any"),
@@ -172,6 +172,10 @@ def test_effect_scope_is_proven_not_guessed(sql: str, scope: str) -> None:
     (["rollback", "none"], "rollback"),
     (["rollback", "transaction"], "any"),  # runs after the block ended: autocommit
     (["none", "any", "none"], "any"),
+    (["none", "commit"], "commit"),
+    (["transaction", "commit"], "any"),  # the INSERT's record must be durable first
+    (["commit", "transaction"], "any"),  # runs after the block: autocommit
+    (["rollback", "commit"], "any"),
 ])
 def test_a_statement_after_a_rollback_is_outside_the_block(scopes: list[Scope],
                                                            combined: str) -> None:
@@ -468,19 +472,22 @@ def test_a_write_in_a_block_runs_while_its_record_is_written_and_commit_waits(
     assert all(r[2] is None for r in rows), rows
 
 
-@pytest.mark.parametrize("first", ["ROLLBACK", "COMMIT"])
+@pytest.mark.parametrize("first", ["ROLLBACK", "COMMIT", "COMMIT; INSERT"])
 def test_a_write_after_the_block_ends_in_the_same_batch_waits_for_its_record(
         applied_clinic: Database, proxy: RunningProxy, first: str) -> None:
     """``ROLLBACK`` (which may go early) and an INSERT sent together: the INSERT runs in
     autocommit, so it must not reach the database before its record is durable."""
     app = f"durability-{uuid.uuid4().hex[:8]}"
-    note_id = 7103 if first == "ROLLBACK" else 7104
+    note_id = {"ROLLBACK": 7103, "COMMIT": 7104}.get(first, 7106)
     sql = NOTE.format(id=note_id)
     with raw_client(proxy, "clinician", app, clinic_id=1) as client:
         client.send(Query("BEGIN").encode())
         client.until(b"Z")
         with spool(proxy, inline=False) as release:
-            client.send(Query(first).encode(), Query(sql).encode())
+            if first.endswith("INSERT"):  # one query string: COMMIT; INSERT ...
+                client.send(Query("COMMIT; " + sql).encode(), Query("SELECT 1").encode())
+            else:
+                client.send(Query(first).encode(), Query(sql).encode())
             deadline = time.monotonic() + 1.0
             while time.monotonic() < deadline:
                 assert activity(applied_clinic, app) == [("BEGIN", "idle in transaction")]
@@ -509,3 +516,26 @@ def test_a_write_in_a_block_whose_record_fails_is_rolled_back(
     assert not {b"C", b"Z"} & {kind for kind, _ in frames}
     assert wait_for(lambda: activity(applied_clinic, app) == [])
     assert note_count(applied_clinic, 7105) == 0
+
+
+def test_a_commit_runs_while_its_own_record_is_written_once_the_rest_is_durable(
+        applied_clinic: Database, proxy: RunningProxy) -> None:
+    """COMMIT makes the INSERT last, and the INSERT's record is durable: the COMMIT itself
+    overlaps its own record (the data is committed), and its answer waits for it."""
+    app = f"durability-{uuid.uuid4().hex[:8]}"
+    sql = NOTE.format(id=7107)
+    with raw_client(proxy, "clinician", app, clinic_id=1) as client:
+        client.send(Query("BEGIN").encode())
+        client.until(b"Z")
+        client.send(Query(sql).encode())
+        assert sqlstates(client.until(b"Z")) == []
+        with spool(proxy, inline=False) as release:
+            client.send(Query("COMMIT").encode())
+            assert wait_for(lambda: activity(applied_clinic, app) == [("COMMIT", "idle")])
+            assert note_count(applied_clinic, 7107) == 1
+            assert client.read(0.3) == []  # no byte of its answer before its record
+            release.set()
+            frames = client.until(b"Z")
+    assert sqlstates(frames) == [] and frames[-1][0] == b"Z"
+    rows = wait_for(lambda: (r := statements_of(applied_clinic)) and len(r) >= 3 and r)
+    assert [r[1] for r in rows] == ["BEGIN", sql, "COMMIT"]

@@ -62,8 +62,9 @@ StatementKind = Literal[
 #: How far a statement's effects can reach (see :func:`effect_scope`): ``none`` (a
 #: side-effect-free read, BEGIN, SAVEPOINT ...), ``rollback`` (ROLLBACK/ABORT: undoes, and
 #: ends the transaction block), ``transaction`` (changes data only inside the open
-#: transaction: nothing of it outlives a rollback) and ``any``.
-Scope = Literal["none", "rollback", "transaction", "any"]
+#: transaction: nothing of it outlives a rollback), ``commit`` (COMMIT/END: makes what the
+#: transaction did last, and does nothing else) and ``any``.
+Scope = Literal["none", "rollback", "transaction", "commit", "any"]
 
 #: Risky shapes a classification may carry (a superset of the policy's approvable shapes).
 RISKY: Final = frozenset(
@@ -661,6 +662,8 @@ def effect_scope(node: str, body: JsonNode, statement: Any) -> Scope:
         kind = body.get("kind")
         if kind in _NO_EFFECT_TRANSACTION:
             return "none"
+        if kind == "TRANS_STMT_COMMIT":
+            return "commit"
         return "rollback" if kind == "TRANS_STMT_ROLLBACK" else "any"
     if (node in _DML_NODES or node == "SelectStmt") and \
             _only_nodes(statement, _TRANSACTION_NODES):

@@ -71,18 +71,21 @@ def single_statement_text(sql: str) -> str | None:
     return body
 
 
-_SCOPE_ORDER: Final[dict[str, int]] = {"none": 0, "rollback": 1, "transaction": 2, "any": 3}
+_SCOPE_ORDER: Final[dict[str, int]] = {
+    "none": 0, "rollback": 1, "transaction": 2, "commit": 3, "any": 4}
 
 
 def combined_scope(scopes: list[Scope]) -> Scope:
     """The scope of statements run one after another: the widest of them, except that a
-    ROLLBACK mixed with a statement that needs the block (before it or after it, where it
-    would run in autocommit) makes the whole ``any``: one string is one unit of overlap."""
+    ROLLBACK or a COMMIT mixed with anything that changes something (before it, or after it
+    where it would run in autocommit) makes the whole ``any``: one string is one unit of
+    overlap, and a COMMIT may only overlap when every record before it is durable."""
     widest: Scope = "none"
     for scope in scopes:
         if _SCOPE_ORDER[scope] > _SCOPE_ORDER[widest]:
             widest = scope
-    if "rollback" in scopes and widest != "rollback":
+    ends = {"rollback", "commit"} & set(scopes)
+    if ends and (len(ends) > 1 or set(scopes) - ends - {"none"}):
         return "any"
     return widest
 

@@ -12,25 +12,27 @@ durably in the audit log's spool before it can matter.  The durability point:
   INSERT/UPDATE/DELETE/MERGE or SELECT whose tree holds only such nodes and allow-listed
   pg_catalog functions such as ``now()``) while the session is certainly inside a
   transaction block (every earlier response in, last ReadyForQuery 'T' or 'E'): only a
-  COMMIT can make such effects last, and the COMMIT is not overlapped;
+  COMMIT can make such effects last, and the COMMIT waits for their records;
 * for both, the answer waits: no byte of any response to that batch leaves the proxy before
   the record is durable (``Expect.gate``).  If the record cannot be made durable the answer
   is dropped, the client gets 58030 and the session ends (which rolls back its transaction);
-* every other statement (COMMIT, autocommit writes, other function calls, cursors, COPY, SET,
-  PREPARE/EXECUTE, holds, refusals ...) reaches the database only once its record is
-  durable — and records are made durable in order, so a COMMIT's record being durable means
-  every record of its transaction is.
+* a COMMIT/END on its own (``scope`` ``commit``) goes upstream once every earlier record of
+  the session is durable, overlapping only its own record: what it makes last is recorded;
+* every other statement (autocommit writes, other function calls, cursors, COPY, SET,
+  PREPARE/EXECUTE, PREPARE TRANSACTION, holds, refusals ...) reaches the database only once
+  its record is durable (records are made durable in order).
 
 So no answer leaves the proxy before its statement's record is durable, and nothing an agent
 does can outlive its transaction, or be seen outside it, before its record is durable.
 Triggers the DBA put on a table run with the write that fires them; one that acts outside the
 database (say, through dblink) would act before the record is durable, as it would act
 before the COMMIT.
-The proxy never answers for the server
-mid-stream: a refused statement is replaced by a "poison" the server fails on (``SELECT 1/0``
-for simple queries, a syntax error for Parse), and that error is rewritten into ours. So the
-server keeps its own transaction and pipeline semantics (an error aborts the transaction and
-skips to Sync) and responses stay in order.
+
+The proxy never answers for the server mid-stream: a refused statement is replaced by a
+"poison" the server fails on (``SELECT 1/0`` for simple queries, a syntax error for Parse),
+and that error is rewritten into ours. So the server keeps its own transaction and
+pipeline semantics (an error aborts the transaction and skips to Sync) and responses stay in
+order.
 
 Server responses are matched to what was forwarded through a FIFO of expectations: each
 forwarded message has exactly one completing response unless an error intervenes, after which
@@ -214,6 +216,8 @@ class Session:
     _batch_expects: list[Expect] = field(default_factory=list)  # this batch's expectations
     _gates: list[asyncio.Future[None]] = field(default_factory=list)  # see server_pump
     _in_block: bool = False  # see _handle_client_frames and _overlaps
+    _after_prior: bool = False  # this batch overlaps a COMMIT: see _overlaps and _flush
+    _prior: asyncio.Future[None] | None = None  # the last record sent with an earlier batch
     _failure: AuditUnavailable | None = None  # a record failed after its statement was sent
     _failed: asyncio.Future[None] | None = None  # wakes run() on such a failure
     approvals: Any = None  # ApprovalBroker, or None when the policy names no approvers
@@ -315,8 +319,16 @@ class Session:
         """
         spooled, self._spooled = self._spooled, []
         expects, self._batch_expects = self._batch_expects, []
+        after_prior, self._after_prior = self._after_prior, False
+        prior = self._prior
         if spooled:
+            self._prior = spooled[-1][1]
             if all(unit is not None for _record, _future, unit in spooled):
+                if after_prior and prior is not None and not prior.done():
+                    # a COMMIT: every record before its own must be durable first (a
+                    # failure there ends the session through _overlap_done / _confirm)
+                    await asyncio.wait([prior])  # never raises the record's own failure
+                    await asyncio.sleep(0)  # its failure callback has set _failure by now
                 gate = spooled[-1][1]
                 for expect in expects:
                     expect.gate = gate
@@ -599,6 +611,14 @@ class Session:
         if scope == "transaction":
             return self._in_block
         self._in_block = False
+        if scope == "commit":
+            # what the COMMIT makes last must be recorded first: it may overlap only its own
+            # record, so nothing of this batch may come before it, and _flush waits for the
+            # session's last earlier record (records are durable in order)
+            if self._spooled:
+                return False
+            self._after_prior = True
+            return True
         return scope == "rollback"
 
     @staticmethod
