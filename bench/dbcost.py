@@ -29,6 +29,7 @@ import psycopg
 from psycopg import pq
 
 from policyc.compiler.render import statements
+from policyc.policy import load_policy
 from policyc.policy.model import TableName
 
 HERE = Path(__file__).resolve().parent
@@ -206,14 +207,16 @@ def masking_cost(owner_dsn: str, group_dsn: Callable[[str], str], runs: int,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python bench/dbcost.py masking``: the masking benchmark alone, on its own throwaway
-    cluster (same settings, data and policy as ``make bench``); prints the result as JSON."""
+    """``python bench/dbcost.py masking|trigger``: the masking or audit trigger benchmark
+    alone, on its own throwaway cluster (same settings, data and policy as ``make bench``);
+    prints the result as JSON."""
     import run  # noqa: PLC0415 - the harness's cluster settings and clinic setup (run imports us)
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("part", choices=["masking"])
+    parser.add_argument("part", choices=["masking", "trigger"])
     parser.add_argument("--rows", type=int, default=100_000, help="patients rows (100000)")
-    parser.add_argument("--runs", type=int, default=7, help="interleaved runs (7)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="masking: interleaved runs (7); trigger: repetitions (3)")
     args = parser.parse_args(argv)
 
     def log(message: str) -> None:
@@ -223,10 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.setup_clinic(cluster, patients=min(3000, args.rows))
         scratch = cluster.dsn("scratch")
         bulk_up_patients(scratch, args.rows, run.load_seed())
-        result = masking_cost(scratch, lambda group: cluster.dsn("scratch", user=group),
-                              args.runs, log)
-    print(json.dumps({g: {k: v for k, v in r.items() if not k.endswith("_runs")}
-                      for g, r in result.items()}, indent=1))
+        if args.part == "masking":
+            result = masking_cost(scratch, lambda group: cluster.dsn("scratch", user=group),
+                                  args.runs or 7, log)
+            print(json.dumps({g: {k: v for k, v in r.items() if not k.endswith("_runs")}
+                              for g, r in result.items()}, indent=1))
+        else:
+            phi = sorted(load_policy(run.POLICY).phi[TableName("public", "patients")])
+            trigger = audit_trigger_cost(scratch, args.rows, args.runs or 3, phi, log)
+            print(json.dumps({k: v for k, v in trigger.items() if k != "runs"}, indent=1))
     return 0
 
 

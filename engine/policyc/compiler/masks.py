@@ -36,8 +36,9 @@ def _text_array(values: tuple[str, ...]) -> str:
 
 
 _RESTRICTED = _text_array(RESTRICTED_ZIP3)
-_DIGITS = _text_array(tuple(str(d) for d in range(10)))
-_TWO_DIGITS = _text_array(tuple(f"{d:02d}" for d in range(100)))
+# every three-digit prefix that is kept as it is (1000 less the restricted ones)
+_KEPT_ZIP3 = _text_array(tuple(
+    p for p in (f"{d:03d}" for d in range(1000)) if p not in RESTRICTED_ZIP3))
 
 
 class MaskTypeError(ValueError):
@@ -66,16 +67,17 @@ def _partial(ref: str) -> str:
 
 def _zip3(ref: str) -> str:
     """policyc.mask_zip3: the first three digits, ``000`` for restricted prefixes.  A value
-    that starts with three ASCII digits (two looked up among 00..99, the third among 0..9:
-    cheaper than a regular expression per row, and small enough to cost nothing per
-    statement) needs no digit stripping; anything else gets the reference expression."""
+    whose first three characters are ASCII digits needs no digit stripping: one lookup of
+    that prefix among the 983 kept ones (a constant array of nine or more elements is a hash
+    table built once per statement) returns it as it is, one among the 17 restricted ones
+    returns ``000``; anything else (NULL, shorter, other characters) gets the reference
+    expression.  Two hash probes at most, no regular expression for the common shapes."""
     text = f"({ref})::text"
     head = f"pg_catalog.left({text}, 3)"
     digits = f"pg_catalog.left(pg_catalog.regexp_replace({text}, E'\\\\D', '', 'g'), 3)"
     return (
-        f"CASE WHEN pg_catalog.left({text}, 2) = ANY ({_TWO_DIGITS}) "
-        f"AND pg_catalog.substr({text}, 3, 1) = ANY ({_DIGITS}) "
-        f"THEN CASE WHEN {head} = ANY ({_RESTRICTED}) THEN '000' ELSE {head} END "
+        f"CASE WHEN {head} = ANY ({_KEPT_ZIP3}) THEN {head} "
+        f"WHEN {head} = ANY ({_RESTRICTED}) THEN '000' "
         f"ELSE CASE WHEN {digits} = ANY ({_RESTRICTED}) THEN '000' ELSE {digits} END END"
     )
 
