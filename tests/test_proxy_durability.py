@@ -250,9 +250,11 @@ def sqlstates(frames: list[tuple[bytes, bytes]]) -> list[str]:
 
 
 @contextlib.contextmanager
-def spool(proxy: RunningProxy, *, inline: bool, fail: bool = False) -> Iterator[threading.Event]:
-    """The proxy's spool, appends failing after 0.3 s (``fail``) or held until the event is
-    set; with ``inline`` False the spool thread writes, else the event loop itself."""
+def spool(proxy: RunningProxy, *, inline: bool, fail: bool = False,
+          fail_after: float = 0.3) -> Iterator[threading.Event]:
+    """The proxy's spool, appends failing after ``fail_after`` seconds or once the event is
+    set (``fail``), or held until the event is set; with ``inline`` False the spool thread
+    writes, else the event loop itself."""
     audit = proxy.server.audit
     assert audit is not None
     store = audit._spool
@@ -261,7 +263,7 @@ def spool(proxy: RunningProxy, *, inline: bool, fail: bool = False) -> Iterator[
 
     def held(data: bytes) -> int:
         if fail:  # late: the database has answered by then
-            release.wait(0.3)
+            release.wait(fail_after)
             raise OSError(errno.EIO, "Input/output error")
         release.wait(20)
         return append(data)
@@ -509,8 +511,13 @@ def test_a_write_in_a_block_whose_record_fails_is_rolled_back(
     with raw_client(proxy, "clinician", app, clinic_id=1) as client:
         client.send(Query("BEGIN").encode())
         client.until(b"Z")
-        with spool(proxy, inline=False, fail=True):
-            client.send(Query(sql).encode(), Query("COMMIT").encode())
+        with spool(proxy, inline=False, fail=True, fail_after=20) as fail_now:
+            client.send(Query(sql).encode())
+            # it ran while its record was being written: the row exists in the transaction
+            assert wait_for(lambda: activity(applied_clinic, app) == [
+                (sql, "idle in transaction")]), activity(applied_clinic, app)
+            client.send(Query("COMMIT").encode())
+            fail_now.set()
             frames = client.read(5)
     assert sqlstates(frames) == ["58030"], frames
     assert not {b"C", b"Z"} & {kind for kind, _ in frames}

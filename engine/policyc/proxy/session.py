@@ -24,9 +24,9 @@ durably in the audit log's spool before it can matter.  The durability point:
 
 So no answer leaves the proxy before its statement's record is durable, and nothing an agent
 does can outlive its transaction, or be seen outside it, before its record is durable.
-Triggers the DBA put on a table run with the write that fires them; one that acts outside the
-database (say, through dblink) would act before the record is durable, as it would act
-before the COMMIT.
+What the DBA's schema runs with a write (triggers, column defaults, check constraints) is the
+DBA's: one that acts outside the database (say, through dblink) would act before the record
+is durable, as it would act before the COMMIT.
 
 The proxy never answers for the server mid-stream: a refused statement is replaced by a
 "poison" the server fails on (``SELECT 1/0`` for simple queries, a syntax error for Parse),
