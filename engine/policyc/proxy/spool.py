@@ -147,8 +147,8 @@ class Spool:
                 written = os.pwrite(self._fd, view, self._offset)
                 view = view[written:]
                 self._offset += written
-            # the data and the file size (fdatasync flushes what is needed to read it back;
-            # it skips only timestamps): one device flush, about 10-20 % cheaper than fsync
+            # the data (and the file size when a batch outgrows a preallocated segment, or
+            # the segment is an ordinary file): fdatasync skips only timestamps
             os.fdatasync(self._fd)
         except OSError:
             self._abandon = True
