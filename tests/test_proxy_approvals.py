@@ -296,6 +296,42 @@ def test_rows_over_enforced_on_actual_rows(approver: Database, tmp_path: Path) -
     assert sent[0][1] == "42501" and sent[-1][1] is None
 
 
+def test_execute_of_a_prepared_read_is_row_limited_and_shows_its_phi(
+        approver: Database, tmp_path: Path) -> None:
+    """The attack: PREPARE a read, then EXECUTE it, to stream past the group's row limit and
+    leave records that show no PHI.  EXECUTE's rows count, no approval of "EXECUTE name" can
+    lift the limit (the name may be prepared again as anything), and the record carries the
+    tables and PHI columns of what was prepared, through SQL or the protocol."""
+    with run_proxy(_row_limited(approver, 20), approver.dsn_as("policyc_proxy"),
+                   tmp_path / "spool") as proxy, \
+            proxy.connect("agent-7", "billing", clinic_id=1) as conn:
+        conn.execute("PREPARE everyone AS SELECT id, ssn FROM patients")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="more than 20 rows"):
+            conn.execute("EXECUTE everyone").fetchall()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert _pending(approver) == []  # no request that could never mean anything
+        conn.execute("PREPARE few AS SELECT id, full_name FROM patients WHERE id < 5")
+        assert len(conn.execute("EXECUTE few").fetchall()) < 5
+        conn.execute("DEALLOCATE few")
+        conn.execute("PREPARE few AS SELECT id FROM claims WHERE id < 3")
+        conn.execute("EXECUTE few").fetchall()
+        # a protocol-level statement run by SQL EXECUTE (the namespaces are one)
+        conn.execute("SELECT id, ssn FROM patients WHERE id = %s", (1,), prepare=True)
+        name = "_pg3_0"  # psycopg names its prepared statements _pg3_0, _pg3_1 ...
+        assert [r[0] for r in conn.execute(f'EXECUTE "{name}"(1)').fetchall()] == [1]
+    rows = wait_for(lambda: (r := approver.execute(
+        "SELECT statement, tables, phi_columns, sqlstate FROM audit.statements "
+        "WHERE kind = 'execute' ORDER BY seq")) and len(r) >= 4 and r)
+    by_text = {r[0]: r[1:] for r in rows}
+    assert by_text["EXECUTE everyone"] == (["public.patients"], ["public.patients.ssn"],
+                                           "42501")
+    first, second = [r[1:] for r in rows if r[0] == "EXECUTE few"]
+    assert first[:2] == (["public.patients"], ["public.patients.full_name"])
+    assert second[:2] == (["public.claims"], [])  # forgotten at DEALLOCATE
+    assert by_text[f'EXECUTE "{name}"(1)'][:2] == (["public.patients"],
+                                                   ["public.patients.ssn"])
+
+
 def test_a_forged_notification_releases_nothing(approver: Database,
                                                 held_proxy: RunningProxy) -> None:
     """Anyone can NOTIFY: the proxy reads the decision back from audit.approvals."""

@@ -58,6 +58,7 @@ from typing import Any, Protocol
 from policyc.identity import AgentIdentity
 from policyc.policy.model import Group, ResultRecording
 from policyc.proxy.auditlog import AuditUnavailable
+from policyc.proxy.classify import StatementInfo
 from policyc.proxy.codec import (
     Bind,
     Close,
@@ -88,6 +89,9 @@ POISON_QUERY = "SELECT 1/0"
 POISON_PARSE = "policyc refused this statement"
 POISON_STATEMENT = "policyc_refused_statement"
 MAX_AUDIT_TEXT = 100_000
+#: Statement kinds whose result rows count against the group's ``rows_over`` (EXECUTE runs a
+#: prepared statement that may be any of them; None: the extended protocol's unparsed text).
+ROW_LIMITED_KINDS = frozenset({"select", "copy_out", "fetch", "execute", None})
 #: Bytes buffered in a transport before a pump waits for it to drain.
 WRITE_HIGH_WATER = 1 << 20
 
@@ -204,6 +208,10 @@ class Session:
     clock: Any = time.time
     expected: deque[Expect] = field(default_factory=deque)
     prepared: dict[str, Prepared] = field(default_factory=dict)
+    # SQL-level PREPARE name -> (tables, PHI columns) its statement touches, for the records
+    # of EXECUTE name (see _sql_prepared_statement)
+    sql_prepared: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(
+        default_factory=dict)
     portals: dict[str, Portal] = field(default_factory=dict)
     transaction_status: str = "I"
     end_reason: str = "client closed the connection"
@@ -393,9 +401,11 @@ class Session:
         durable (its answer may not)."""
         key = approval_key if approval_key is not None else record.parameters
         unit = Unit(record, decision=decision, parameters=key)
-        if record.approval_id is None and record.kind in ("select", "copy_out", "fetch", None):
+        if record.approval_id is None and record.kind in ROW_LIMITED_KINDS:
             unit.limit = self.group.approval.rows_over
-            if unit.limit is not None and self.approvals is not None and decision is not None:
+            # an approval of "EXECUTE name" would not say which statement name stood for
+            if unit.limit is not None and self.approvals is not None and decision is not None \
+                    and record.kind != "execute":
                 approved = self.approvals.cached(record.agent, decision.fingerprint, key)
                 if approved is not None:  # a human allowed this one: no row limit
                     unit.limit = None
@@ -556,8 +566,8 @@ class Session:
             overlap = self._overlaps(decision, approval_id)
             for index, info in enumerate(statements):
                 label = "approved" if approval_id else self._verdict_for(decision, index)
-                record = self._record(info.text, decision, index, label,
-                                      approval_id=approval_id)
+                record = self._sql_prepared_statement(info, self._record(
+                    info.text, decision, index, label, approval_id=approval_id))
                 self._expect(Expect("stmt", self._unit(record, decision, approval_key=[sql],
                                                        overlap=overlap)))
             out.append(frame.raw)
@@ -575,8 +585,8 @@ class Session:
         for index, info in enumerate(statements):
             verdict = decision.verdicts[index]
             if index < stop:
-                record = self._record(info.text, decision, index, self._verdict_for(decision,
-                                                                                   index))
+                record = self._sql_prepared_statement(info, self._record(
+                    info.text, decision, index, self._verdict_for(decision, index)))
                 self._expect(Expect("stmt", self._unit(record)))
                 texts.append(info.text)
             elif index == stop:
@@ -592,6 +602,38 @@ class Session:
         out.append(Query(";\n".join(texts)).encode())
         self._expect(Expect("stmt", rewrite=(sqlstate, text)))
         self._expect(Expect("sync"))
+
+    def _sql_prepared_statement(self, info: StatementInfo,
+                                record: StatementRecord) -> StatementRecord:
+        """SQL-level PREPARE/EXECUTE: remember what ``PREPARE name`` touches, and give the
+        record of ``EXECUTE name`` those tables and PHI columns (else an agent could read PHI
+        through EXECUTE and its records would not show it).  A name prepared again keeps the
+        union (PostgreSQL refuses a second PREPARE of a live name, so what runs is one of
+        them: over-attribution, never under); DEALLOCATE and DISCARD ALL forget.  Protocol-
+        level statements share the namespace, so their decisions count too."""
+        name = info.name
+        if info.kind == "prepare" and name is not None:
+            tables, phi = self.sql_prepared.get(name, ((), ()))
+            self.sql_prepared[name] = (tuple(sorted({*tables, *record.tables})),
+                                       tuple(sorted({*phi, *record.phi_columns})))
+        elif info.kind == "deallocate":
+            if name is None:
+                self.sql_prepared.clear()
+            else:
+                self.sql_prepared.pop(name, None)
+        elif info.kind == "discard" and info.risky:  # DISCARD ALL (role_change)
+            self.sql_prepared.clear()
+        elif info.kind == "execute" and name is not None:
+            tables, phi = self.sql_prepared.get(name, ((), ()))
+            protocol = self.prepared.get(name)
+            if protocol is not None and protocol.decision is not None and \
+                    protocol.decision.audit_fields:
+                _kind, more_tables, more_phi = protocol.decision.audit_fields[0]
+                tables, phi = (*tables, *more_tables), (*phi, *more_phi)
+            if tables or phi:
+                return dataclasses.replace(record, tables=tuple(sorted(set(tables))),
+                                           phi_columns=tuple(sorted(set(phi))))
+        return record
 
     def _overlaps(self, decision: Decision | None, approval_id: int | None) -> bool:
         """May this statement go upstream before its record is durable (see _flush)?
@@ -790,6 +832,11 @@ class Session:
         """A result grew past the group's row limit: the rest is withheld and an approval
         request is opened so a human can allow it."""
         limit = unit.limit
+        if unit.record.kind == "execute":
+            return error_response(BLOCKED_SQLSTATE, (
+                f"policyc: the result has more than {limit} rows, over this group's approval "
+                "threshold; the rest was withheld. An approval cannot name a statement run "
+                "through EXECUTE: run the statement itself to ask for one."))
         if self.approvals is not None and unit.decision is not None:
             decision = unit.decision
             verdict = decision.verdicts[0] if decision.verdicts else None
