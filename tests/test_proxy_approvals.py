@@ -332,6 +332,25 @@ def test_execute_of_a_prepared_read_is_row_limited_and_shows_its_phi(
                                                    ["public.patients.ssn"])
 
 
+def test_returning_rows_of_a_write_count_against_the_row_limit(
+        approver: Database, tmp_path: Path) -> None:
+    """The attack: read past the limit through a no-op UPDATE ... RETURNING.  The write runs
+    (its effects stand, as for any statement that ran), its rows past the limit are withheld."""
+    update = "UPDATE claims SET status = status WHERE id > 0 RETURNING id, amount"
+    with run_proxy(_row_limited(approver, 20), approver.dsn_as("policyc_proxy"),
+                   tmp_path / "spool") as proxy, \
+            proxy.connect("agent-7", "billing", clinic_id=1) as conn:
+        assert len(conn.execute("UPDATE claims SET status = status WHERE id < 3 "
+                                "RETURNING id").fetchall()) <= 2
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="more than 20 rows"):
+            conn.execute(update).fetchall()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert wait_for(lambda: _pending(approver))
+    rows = wait_for(lambda: approver.execute(
+        "SELECT rows, sqlstate FROM audit.statements WHERE statement = %s", (update,)))
+    assert rows and rows[0][1] == "42501" and rows[0][0] > 20
+
+
 def test_a_forged_notification_releases_nothing(approver: Database,
                                                 held_proxy: RunningProxy) -> None:
     """Anyone can NOTIFY: the proxy reads the decision back from audit.approvals."""

@@ -89,9 +89,11 @@ POISON_QUERY = "SELECT 1/0"
 POISON_PARSE = "policyc refused this statement"
 POISON_STATEMENT = "policyc_refused_statement"
 MAX_AUDIT_TEXT = 100_000
-#: Statement kinds whose result rows count against the group's ``rows_over`` (EXECUTE runs a
-#: prepared statement that may be any of them; None: the extended protocol's unparsed text).
-ROW_LIMITED_KINDS = frozenset({"select", "copy_out", "fetch", "execute", None})
+#: Statement kinds whose result rows count against the group's ``rows_over``: reads, writes
+#: (their RETURNING rows are a read), EXECUTE (runs a prepared statement that may be any of
+#: them); None: the extended protocol's unparsed text.
+ROW_LIMITED_KINDS = frozenset({"select", "copy_out", "fetch", "execute", "insert", "update",
+                               "delete", "merge", None})
 #: Bytes buffered in a transport before a pump waits for it to drain.
 WRITE_HIGH_WATER = 1 << 20
 
