@@ -399,8 +399,8 @@ class Session:
               approval_key: list[str | None] | None = None, *, overlap: bool = False) -> Unit:
         """``approval_key`` is what an approval must match besides agent and fingerprint: the
         bind parameters, or for the simple protocol the exact query text.  ``overlap``: the
-        statement is a side-effect-free read that may go upstream before its record is
-        durable (its answer may not)."""
+        statement may go upstream before its record is durable (its answer may not; see
+        :meth:`_overlaps`)."""
         key = approval_key if approval_key is not None else record.parameters
         unit = Unit(record, decision=decision, parameters=key)
         if record.approval_id is None and record.kind in ROW_LIMITED_KINDS:
