@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -18,7 +20,9 @@ import pytest
 
 from conftest import Database, clinic_policy
 from policyc.policy.model import Policy
+from policyc.proxy.codec import Query
 from proxyharness import RunningProxy, run_proxy, wait_for
+from test_proxy_durability import RawClient
 
 UPDATE_ALL = "UPDATE claims SET status = 'reviewed'"  # update_all: billing must ask
 
@@ -173,6 +177,24 @@ def test_client_disconnect_while_held_cancels_and_runs_nothing(
     finally:
         agent.kill()
         agent.wait(10)
+    status = wait_for(lambda: approver.execute(
+        "SELECT status FROM audit.approvals WHERE status <> 'pending'"))
+    assert status == [("cancelled",)]
+    assert approver.execute("SELECT count(*) FROM public.claims WHERE status = 'reviewed'") == \
+        [(0,)]
+
+
+def test_client_reset_while_held_cancels_and_runs_nothing(
+    approver: Database, held_proxy: RunningProxy
+) -> None:
+    """A client that dies with the proxy's NOTICE unread resets the connection (RST, not
+    FIN): the proxy's read fails instead of ending, and the request must still be cancelled."""
+    client = RawClient(held_proxy, "billing", "reset-while-held", clinic_id=1)
+    client.send(Query(UPDATE_ALL).encode())
+    assert wait_for(lambda: _pending(approver)), "the statement was not held"
+    time.sleep(0.2)  # the NOTICE is in our receive buffer, unread
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # unread data + linger 0: the kernel sends RST
     status = wait_for(lambda: approver.execute(
         "SELECT status FROM audit.approvals WHERE status <> 'pending'"))
     assert status == [("cancelled",)]

@@ -870,7 +870,10 @@ class Session:
             reading = asyncio.ensure_future(self.client_reader.read(65536))
             done, _ = await asyncio.wait({decision, reading}, return_when=asyncio.FIRST_COMPLETED)
             if reading in done:
-                data = reading.result()
+                try:
+                    data = reading.result()
+                except OSError:  # reset by a client that died with our NOTICE unread
+                    data = b""
                 if data:
                     self._stash += data
                     if len(self._stash) > (64 << 20):
