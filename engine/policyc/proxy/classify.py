@@ -598,28 +598,7 @@ def side_effect_free(statement: Any) -> bool:
     masking views and row filters, a column type's output function) is the database's, not
     the agent's.  Iterative: an adversarial nesting cannot exhaust the stack.
     """
-    stack: list[Any] = [statement]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-            continue
-        if not isinstance(item, dict):
-            continue
-        for key, value in item.items():
-            first = key[:1]
-            if first.isupper():  # a node: {"Type": {...}}
-                if key not in _PURE_NODES:
-                    return False
-            elif key in _IMPURE_FIELDS:
-                return False
-            elif key in _NAME_FIELDS and isinstance(value, list) and len(value) > 1:
-                qualified = names(value)
-                if len(qualified) != len(value) or qualified[0] != "pg_catalog":
-                    return False
-            if isinstance(value, dict | list):
-                stack.append(value)
-    return True
+    return _only_nodes(statement, _PURE_NODES)
 
 
 #: Transaction control that changes nothing by itself.
@@ -673,8 +652,9 @@ def effect_scope(node: str, body: JsonNode, statement: Any) -> Scope:
 
 def _only_nodes(statement: Any, allowed: frozenset[str]) -> bool:
     """The tree holds only ``allowed`` node types, no SELECT INTO or locking clause, no
-    operator or type outside pg_catalog by a qualified name, and only functions of
-    :data:`_TRANSACTION_SAFE_FUNCTIONS`.  Iterative, like :func:`side_effect_free`."""
+    operator or type outside pg_catalog by a qualified name, and (when ``FuncCall`` is
+    allowed) only functions of :data:`_TRANSACTION_SAFE_FUNCTIONS`.  Iterative: an
+    adversarial nesting cannot exhaust the stack."""
     stack: list[Any] = [statement]
     while stack:
         item = stack.pop()

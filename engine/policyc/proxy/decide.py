@@ -124,11 +124,9 @@ class Decider:
              tuple(sorted(str(c) for c in verdict.phi_columns)))
             for i, verdict in enumerate(verdicts)
         )
-        pure = bool(statements) and classification.error is None and all(
-            info.side_effect_free for info in statements) and all(
-            verdict.decision in ("allowed", "masked") for verdict in verdicts)
         runs_as_is = bool(statements) and classification.error is None and all(
             verdict.decision in ("allowed", "masked") for verdict in verdicts)
+        pure = runs_as_is and all(info.side_effect_free for info in statements)
         scope = combined_scope([info.scope for info in statements]) if runs_as_is else "any"
         decision = Decision(classification, verdicts, print_, fields, pure, scope)
         if len(sql) <= MAX_CACHED_TEXT:
