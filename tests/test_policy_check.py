@@ -99,7 +99,7 @@ def test_error_text_is_file_line_key_message() -> None:
     assert len(lines) == 22
     assert lines[6] == (
         f"{path}:16: groups.billing.raed: unknown key 'raed' (did you mean 'read'?); "
-        "allowed here: allow_do, approval, oidc_groups, read, rows, unmask, write"
+        "allowed here: allow_do, approval, functions, limits, oidc_groups, read, rows, unmask, write"
     )
     assert info.value.code == "policy"
 

@@ -33,11 +33,13 @@ from policyc.policy.model import (
     ColumnRef,
     Columns,
     Group,
+    GroupLimits,
     Identity,
     Mask,
     Policy,
     ProxySettings,
     ResultRecording,
+    RowBudget,
     TableName,
     Webhook,
     WebhookFormat,
@@ -58,6 +60,7 @@ ROOT_KEY = "(root)"
 MAX_LEEWAY_SECONDS = 300
 _RESERVED_GROUPS = frozenset({"public", "audit", "policyc"})
 _RESERVED_PREFIXES = ("pg_", "policyc_")
+_FUNCTION_NAME = re.compile(r"^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _MASKS = ", ".join(m.value for m in Mask)
@@ -486,6 +489,8 @@ class Builder:
                 "add approvals.approvers",
             )
         allow_do = value.get("allow_do")
+        functions = self._functions((*path, "functions"), value.get("functions"))
+        limits = self._limits((*path, "limits"), value.get("limits"))
         return Group(
             name=name,
             oidc_groups=tuple(item for _, item in oidc),
@@ -495,6 +500,42 @@ class Builder:
             unmask=unmask,
             approval=approval,
             allow_do=allow_do if isinstance(allow_do, bool) else False,
+            functions=functions,
+            limits=limits,
+        )
+
+    def _functions(self, path: Path, value: object) -> tuple[str, ...]:
+        """``functions``: extra functions the group's agents may call, schema-qualified."""
+        out: list[str] = []
+        for index, item in self._unique_strings(path, value, "function"):
+            if not _FUNCTION_NAME.match(item):
+                self.report(
+                    (*path, index),
+                    f"'{item}' is not a schema-qualified function name (schema.name, lower "
+                    "case, no arguments)",
+                )
+                continue
+            out.append(item)
+        return tuple(out)
+
+    def _limits(self, path: Path, value: object) -> GroupLimits:
+        section = _as_dict(value)
+
+        def timeout(key: str) -> int | None:
+            if key not in section:
+                return None
+            return self._duration((*path, key), section.get(key), 0, positive=True)
+
+        def count(key: str) -> int | None:
+            number = _as_int(section.get(key))
+            return number if number is not None and number > 0 else None
+
+        return GroupLimits(
+            connections=count("connections"),
+            connections_per_agent=count("connections_per_agent"),
+            statement_timeout=timeout("statement_timeout"),
+            lock_timeout=timeout("lock_timeout"),
+            idle_in_transaction_session_timeout=timeout("idle_in_transaction_session_timeout"),
         )
 
     def _writes(self, path: Path, value: object) -> dict[TableName, WriteGrant]:
@@ -640,10 +681,19 @@ class Builder:
             if item in RISKY_STATEMENTS
         )
         in_transaction = section.get("in_transaction")
+        budget: RowBudget | None = None
+        raw_budget = section.get("budget")
+        if isinstance(raw_budget, dict):
+            rows = _as_int(raw_budget.get("rows"))
+            per = self._duration((*path, "budget", "per"), raw_budget.get("per"), 3600,
+                                 positive=True)
+            if rows is not None and rows >= 0:
+                budget = RowBudget(rows=rows, per_seconds=per)
         return ApprovalRules(
             rows_over=rows_over if rows_over is not None and rows_over >= 0 else None,
             statements=statements,
             in_transaction=in_transaction if in_transaction in ("hold", "refuse") else "hold",
+            budget=budget,
         )
 
 

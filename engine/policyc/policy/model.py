@@ -116,6 +116,38 @@ class ApprovalRules:
     rows_over: int | None = None
     statements: tuple[str, ...] = ()
     in_transaction: str = "hold"  # "hold" or "refuse"
+    budget: RowBudget | None = None
+
+
+@dataclass(frozen=True)
+class RowBudget:
+    """A cumulative ceiling on rows of the group's tables that may leave without an approval:
+    per session, and per agent over a sliding window (``per_seconds``)."""
+
+    rows: int
+    per_seconds: int
+
+
+@dataclass(frozen=True)
+class GroupLimits:
+    """The DBA's ceilings for a group's sessions.  Agents may tighten a timeout, never loosen
+    it; ``None`` leaves the server's (or the role's) own setting in force.  Timeouts are in
+    seconds."""
+
+    connections: int | None = None  # database sessions of the group at once (all agents)
+    connections_per_agent: int | None = None  # sessions of one agent at once
+    statement_timeout: int | None = None
+    lock_timeout: int | None = None
+    idle_in_transaction_session_timeout: int | None = None
+
+    def timeouts(self) -> dict[str, int]:
+        """The timeouts set, by setting name."""
+        found = {
+            "statement_timeout": self.statement_timeout,
+            "lock_timeout": self.lock_timeout,
+            "idle_in_transaction_session_timeout": self.idle_in_transaction_session_timeout,
+        }
+        return {name: value for name, value in found.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -130,6 +162,10 @@ class Group:
     unmask: tuple[ColumnRef, ...]
     approval: ApprovalRules
     allow_do: bool = False
+    # functions beyond the vetted pg_catalog ones that agents of the group may call, as
+    # "schema.name" (lower case); see policyc.proxy.registry
+    functions: tuple[str, ...] = ()
+    limits: GroupLimits = field(default_factory=GroupLimits)
 
     def tables(self) -> tuple[TableName, ...]:
         """Every table this group reaches, read or write, sorted."""
