@@ -291,7 +291,7 @@ def test_unknown_keys_are_reported_where_they_are_with_a_suggestion() -> None:
         (
             13,
             "groups.g.approval.row_over",
-            "unknown key 'row_over' (did you mean 'rows_over'?); allowed here: in_transaction, "
+            "unknown key 'row_over' (did you mean 'rows_over'?); allowed here: budget, in_transaction, "
             "rows_over, statements",
         ),
     ]
