@@ -136,7 +136,8 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
         listen_port=int(port), tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         allow_plaintext_loopback=args.allow_plaintext_loopback,
-        spool_dir=Path(args.spool), max_message_bytes=args.max_message_bytes,
+        spool_dir=Path(args.spool) if args.spool else None,
+        max_message_bytes=args.max_message_bytes,
         proxy_name=args.name, checkpoint_interval=args.checkpoint_interval,
     )
     if config.tls_cert is None and not config.allow_plaintext_loopback:
@@ -251,8 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--tls-key", help="PEM private key for --tls-cert")
     proxy.add_argument("--allow-plaintext-loopback", action="store_true",
                        help="accept non-TLS logins from 127.0.0.1/::1 (development only)")
-    proxy.add_argument("--spool", default="policyc-spool",
-                       help="directory of the durable audit spool (default: ./policyc-spool)")
+    proxy.add_argument("--spool", default=None, metavar="DIR",
+                       help="directory of the durable audit spool; it belongs to one "
+                       "database (default: $STATE_DIRECTORY/spool/DB-HOST-PORT, as root "
+                       "/var/lib/policyc/spool/DB-HOST-PORT, else $XDG_STATE_HOME (or "
+                       "~/.local/state)/policyc/spool/DB-HOST-PORT; see docs/spool.md)")
     proxy.add_argument("--max-message-bytes", type=int, default=64 << 20,
                        help="largest protocol message accepted from a client")
     proxy.add_argument("--name", default="policyc-proxy", help="this proxy's name in the audit")

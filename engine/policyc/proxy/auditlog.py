@@ -70,6 +70,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -80,7 +81,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -94,6 +95,10 @@ from policyc.proxy.records import (
     uuid_text,
 )
 from policyc.proxy.spool import RecoveredSegment, Spool
+from policyc.proxy.spoolowner import SpoolOwnershipError, UpstreamIdentity, claim, read_identity
+
+if TYPE_CHECKING:
+    from policyc.proxy.config import Upstream
 
 log = logging.getLogger("policyc.proxy.audit")
 
@@ -165,6 +170,10 @@ CHECKPOINT: Final = "SELECT audit.checkpoint()"
 
 REGISTER_SESSION: Final = "SELECT policyc.register_session(%s, %s, %s, %s, %s)"
 UNREGISTER_SESSIONS: Final = "SELECT policyc.unregister_session(p) FROM unnest(%s::int[]) AS p"
+
+
+class ForeignUpstream(OSError):
+    """An audit connection reached a database other than the one that owns the spool."""
 
 
 class AuditUnavailable(PolicycError):
@@ -613,8 +622,12 @@ class AuditLog:
                  drain_interval: float = DRAIN_INTERVAL, batch_size: int = 1000,
                  db_timeout: float = 5.0, stale_after: float = 3600.0,
                  checkpoint_interval: float = 60.0, lazy_delay: float = 0.002,
-                 inline: bool = True) -> None:
+                 inline: bool = True, upstream: Upstream | None = None) -> None:
         self._conninfo = conninfo
+        # spool ownership (the proxy passes its upstream; see policyc.proxy.spoolowner)
+        self._upstream = upstream
+        self._owner: UpstreamIdentity | None = None  # verified at start
+        self._foreign_logged: UpstreamIdentity | None = None
         # the current segment is never deleted: keep it small next to the limit
         segment_bytes = max(4096, min(segment_bytes, max_spool_bytes // 8))
         self._spool = Spool(Path(spool_dir), segment_bytes)
@@ -671,21 +684,77 @@ class AuditLog:
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the spool, recover what a previous run left, connect, start the tasks."""
+        """Open (and lock) the spool, make sure it belongs to the upstream (when one was
+        given), recover what a previous run left, start the tasks.
+
+        Raises :class:`AuditUnavailable` when the spool cannot be opened or is locked by
+        another process, or the upstream is unreachable so its ownership cannot be checked;
+        :class:`~policyc.proxy.spoolowner.SpoolOwnershipError` when it belongs to another
+        database.  Nothing in the spool is changed or drained then.
+        """
         if self._running or self._stopping:
             raise RuntimeError("an AuditLog is started once")
         self._thread.start(asyncio.get_running_loop(), self._written, self._failed)
         try:
-            recovered = await self._io(self._spool.open)
+            # nothing in the directory changes before its owner is checked
+            recovered = await self._io(functools.partial(self._spool.open, begin=False))
         except OSError as exc:
             self._thread.stop(abort=True)
             raise AuditUnavailable(f"the audit spool cannot be opened: {exc.strerror or exc}",
                                    "the proxy cannot start") from exc
+        try:
+            if self._upstream is not None:
+                await self._claim_spool(self._upstream, recovered)
+            try:
+                await self._io(self._spool.begin)
+            except OSError as exc:
+                raise AuditUnavailable(
+                    f"the audit spool cannot be written: {exc.strerror or exc}",
+                    "the proxy cannot start") from exc
+        except BaseException:
+            self._thread.stop(abort=True)
+            self._spool.close()  # and its lock: the spool is left as it was found
+            conn, self._drain_conn = self._drain_conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            raise
         self._recover(recovered)
         self._running = True
         self._drainer_task = asyncio.create_task(self._drainer_loop(),
                                                  name="policyc-audit-drainer")
         self._drain_wake.set()
+
+    async def _claim_spool(self, upstream: Upstream,
+                           recovered: list[RecoveredSegment]) -> None:
+        """Before anything is recovered: the spool belongs to ``upstream``'s database, or
+        becomes its own if it is new."""
+        where = f"{upstream.host}:{upstream.port}/{upstream.dbname}"
+        try:
+            conn = await self._connect()
+            identity = await read_identity(conn, upstream.host, upstream.port)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            raise AuditUnavailable(
+                f"the upstream {where} is unreachable ({_sqlstate(exc)}), so the audit spool "
+                f"{self._spool.directory} cannot be checked to belong to it",
+                "the proxy cannot start") from exc
+        self._drain_conn = conn  # the drainer's, from now on
+        undrained = sum(len(seg.events) for seg in recovered)
+        try:
+            done = await self._io(claim, self._spool.directory, identity, self._proxy_name,
+                                  undrained)
+        except SpoolOwnershipError:
+            log.error("audit spool %s belongs to another database: the proxy does not start",
+                      self._spool.directory)
+            raise
+        except OSError as exc:
+            raise AuditUnavailable(
+                f"the audit spool's owner file cannot be written: {exc.strerror or exc}",
+                "the proxy cannot start") from exc
+        self._owner = identity
+        log.info("audit spool %s %s by %s", self._spool.directory,
+                 {"claimed": "claimed", "adopted": "adopted (owner.adopt)",
+                  "updated": "re-recorded", "owned": "owned"}[done], identity.describe())
 
     async def close(self) -> None:
         """Write what is queued, drain what the database takes, then stop everything.
@@ -1352,11 +1421,33 @@ class AuditLog:
 
     # --- connections and I/O --------------------------------------------------------------
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """A new audit connection; once the spool's owner is known, only to that database
+        (:class:`ForeignUpstream` otherwise: the drainer treats it as an outage)."""
         async with asyncio.timeout(self._db_timeout):
-            return await psycopg.AsyncConnection.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 self._conninfo, autocommit=True, application_name="policyc-proxy-audit",
                 connect_timeout=max(2, math.ceil(self._db_timeout)),
             )
+            owner = self._owner
+            if owner is None:
+                return conn
+            try:
+                reached = await read_identity(conn, owner.host, owner.port)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                if isinstance(exc, SpoolOwnershipError):  # EXECUTE revoked since the start
+                    raise ForeignUpstream("cannot identify the audit database") from exc
+                raise
+        if reached.same_database(owner):
+            return conn
+        with contextlib.suppress(Exception):
+            await conn.close()
+        if self._foreign_logged != reached:
+            self._foreign_logged = reached
+            log.error("audit connection reached %s, but the spool belongs to %s: nothing is "
+                      "written there; retrying", reached.describe(), owner.describe())
+        raise ForeignUpstream("the audit connection reached another database")
 
     async def _connect_drain(self) -> psycopg.AsyncConnection[Any]:
         if self._drain_conn is None or self._drain_conn.closed:

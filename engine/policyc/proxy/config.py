@@ -19,6 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from policyc.errors import PolicycError
 from policyc.policy.model import Policy
+from policyc.proxy.spoolowner import default_spool_dir
 
 
 class ProxyConfigError(PolicycError):
@@ -103,12 +104,19 @@ class ProxyConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allow_plaintext_loopback: bool = False
-    spool_dir: Path = Path("policyc-spool")
+    spool_dir: Path | None = None  # None: the upstream's state directory (spool_path)
     max_message_bytes: int = 64 << 20
     max_statement_bytes: int = 1 << 20
     proxy_name: str = "policyc-proxy"
     login_timeout: float = 30.0
     checkpoint_interval: float = 60.0  # seconds between audit.checkpoint() calls; 0: at close
+
+    def spool_path(self) -> Path:
+        """``spool_dir``, else the default state directory of this upstream (docs/spool.md)."""
+        if self.spool_dir is not None:
+            return self.spool_dir
+        up = self.upstream
+        return default_spool_dir(up.host, up.port, up.dbname)
 
     def server_ssl_context(self) -> ssl.SSLContext | None:
         if self.tls_cert is None:

@@ -101,9 +101,10 @@ class ProxyServer:
         if self.decider is None:
             self.decider = Decider(policy, self.config.max_statement_bytes)
         if self.audit is None:
-            self.audit = AuditLog(self.config.upstream.conninfo(), self.config.spool_dir,
+            self.audit = AuditLog(self.config.upstream.conninfo(), self.config.spool_path(),
                                   proxy_name=self.config.proxy_name,
-                                  checkpoint_interval=self.config.checkpoint_interval)
+                                  checkpoint_interval=self.config.checkpoint_interval,
+                                  upstream=self.config.upstream)  # checks the spool's owner
             await self.audit.start()
         if self.approvals is None and policy.approvals.approvers:
             self.approvals = ApprovalBroker(self.config.upstream.conninfo(),

@@ -9,7 +9,9 @@ Layout: ``<dir>/seg-00000001.jsonl`` ... one JSON object per line, written in wh
 (``os.pwrite`` loop + ``os.fdatasync``).  A crash can leave the last line of a segment torn; it
 is skipped on recovery.  After a write error the segment is abandoned (never appended to
 again) so a torn line can only ever be a segment's last.  ``<dir>/spool.lock`` holds an
-exclusive ``flock`` so two proxies never share (and delete each other's) segments.
+exclusive ``flock`` for as long as the spool is open, so two proxies never share (and delete
+each other's) segments; it also says which process holds it (its pid), for the refusal of the
+second.  Whom the spool belongs to is :mod:`policyc.proxy.spoolowner`'s business.
 
 Preallocated segments (why: the fsync is the floor of every statement's latency).  Appending
 to a file changes its size, so every ``fdatasync`` also commits the file system's journal;
@@ -87,37 +89,47 @@ class Spool:
     _prealloc_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- lifecycle --------------------------------------------------------------------
-    def open(self) -> list[RecoveredSegment]:
-        """Create/lock the directory, read back earlier segments, start a fresh segment."""
-        try:
-            self.directory.mkdir(mode=0o700, parents=True)
-        except FileExistsError:
-            pass
-        else:
-            _fsync_path(self.directory.parent)  # the new directory entry survives a crash
+    def open(self, *, begin: bool = True) -> list[RecoveredSegment]:
+        """Create/lock the directory and read back earlier segments; with ``begin`` (the
+        default) also start a fresh segment (:meth:`begin`).  Without it nothing in the
+        directory changes but the lock file, so the caller may first check whom the spool
+        belongs to (and close it untouched)."""
+        _make_private_dirs(self.directory)
         mode = stat.S_IMODE(self.directory.stat().st_mode)
         if mode & 0o077:
             # the spool holds statement text and parameters, which may be PHI
             os.chmod(self.directory, 0o700)
             log.warning("audit spool directory was group/world accessible; set it to 0700")
         self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        self._lock_fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = os.open(self.directory / LOCK_NAME,
+                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
+            holder = _lock_holder(self._lock_fd)
             self.close()
             raise SpoolLocked(
-                f"audit spool {self.directory} is in use by another audit log") from exc
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.directory / _PREALLOC_TMP)  # an interrupted preallocation
+                f"audit spool {self.directory} is in use by another proxy{holder}: "
+                "a spool serves one proxy process at a time") from exc
+        with contextlib.suppress(OSError):  # who holds it, for the refusal of the next one
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         recovered = [self._read(n) for n in self._existing()]
         for seg in recovered:
             self.sizes[seg.number] = seg.size
         self.total_bytes = sum(self.sizes.values())
+        if begin:
+            self.begin()
+        return recovered
+
+    def begin(self) -> None:
+        """Start writing, once, after :meth:`open`: a fresh segment numbered after every
+        recovered one (earlier segments are never appended to)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.directory / _PREALLOC_TMP)  # an interrupted preallocation
         if self.preallocate and not (self.directory / PREALLOC_NAME).exists():
             self._write_prealloc()  # the first segment too (once, at start)
         self._start_segment(max(self.sizes, default=0) + 1)
-        return recovered
 
     def close(self) -> None:
         """Close every descriptor (data already written was fsynced by ``append``)."""
@@ -277,6 +289,34 @@ class Spool:
 def read_segment(path: Path) -> bytes:
     """A segment's content: its bytes before the first NUL (the rest was preallocated)."""
     return path.read_bytes().split(b"\0", 1)[0]
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and each missing parent with mode 0700 (existing ones are left
+    alone), fsyncing each new entry's parent so it survives a crash."""
+    missing: list[Path] = []
+    path = directory
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o700)  # whatever the umask
+        _fsync_path(path.parent)
+
+
+def _lock_holder(fd: int) -> str:
+    """`` (pid N)`` from a lock file's content, or nothing when it says nothing useful."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return f" (pid {text})" if text.isdigit() else ""
 
 
 def _fsync_path(path: Path) -> None:
