@@ -48,7 +48,7 @@ def test_blocked_statement_gets_42501_and_session_stays_usable(
     applied_clinic: Database, proxy: RunningProxy
 ) -> None:
     with proxy.connect("agent-7", "billing", clinic_id=1) as conn:
-        for attack in ("SET ROLE postgres", "RESET ROLE", "DISCARD ALL",
+        for attack in ("SET ROLE postgres", "RESET ROLE", "SET standard_conforming_strings = off",
                        "SELECT set_config('role', 'postgres', false)",
                        "SET search_path = public", "COPY patients TO PROGRAM 'cat'",
                        "SELECT pg_read_file('/etc/passwd')", "DO $$ BEGIN END $$"):
@@ -67,7 +67,8 @@ def test_blocked_statement_gets_42501_and_session_stays_usable(
     blocked = wait_for(lambda: len(audit_rows(applied_clinic, "decision = 'blocked'")) >= 9
                        and audit_rows(applied_clinic, "decision = 'blocked'"))
     assert len(blocked) >= 9
-    assert {r[2] for r in blocked} >= {"SET ROLE postgres", "RESET ROLE", "DISCARD ALL"}
+    assert {r[2] for r in blocked} >= {"SET ROLE postgres", "RESET ROLE",
+                                       "SET standard_conforming_strings = off"}
     assert all(r[5] == "42501" for r in blocked)
 
 

@@ -304,7 +304,7 @@ def test_decide_all_and_combine() -> None:
     assert whole.tables == {PATIENTS, CLAIMS}
     assert whole.approval_shapes == {"delete_all"}
 
-    blocked = combine(decide_all(classify("SELECT 1; RESET ALL"), BILLING, POLICY))
+    blocked = combine(decide_all(classify("SELECT 1; RESET ROLE"), BILLING, POLICY))
     assert blocked.decision == "blocked" and blocked.sqlstate == BLOCKED_SQLSTATE
 
     assert combine(()).decision == "allowed"

@@ -20,11 +20,13 @@ SET SESSION AUTHORIZATION DEFAULT
 RESET SESSION AUTHORIZATION
 => role[role_change,set_config] blocked
 
+# the session user is the group role: RESET ALL and DISCARD ALL have nowhere to go, and the
+# lexing settings return to the values pinned in the upstream startup packet
 reset all
-=> reset[role_change] blocked
+=> reset[] allowed
 
 discard all
-=> discard[role_change] blocked
+=> discard[] allowed
 
 DISCARD PLANS
 => discard[] allowed
@@ -81,6 +83,55 @@ SET NAMES 'UTF8'
 
 SET standard_conforming_strings = on
 => set[] allowed
+
+# settings that change how the server reads SQL are pinned (issue #11 class 1)
+SET standard_conforming_strings = off
+=> set[] blocked
+
+set standard_conforming_strings to 'false'
+=> set[] blocked
+
+SET SESSION standard_conforming_strings = 0
+=> set[] blocked
+
+SET LOCAL standard_conforming_strings TO off
+=> set[] blocked
+
+RESET standard_conforming_strings
+=> reset[] allowed
+
+SET standard_conforming_strings TO DEFAULT
+=> set[] allowed
+
+SET client_encoding = 'SJIS'
+=> set[] blocked
+
+SET NAMES 'GB18030'
+=> set[] blocked
+
+set names 'big5'
+=> set[] blocked
+
+SET client_encoding TO 'gbk'
+=> set[] blocked
+
+SET client_encoding = 'LATIN1'
+=> set[] blocked
+
+SET client_encoding TO 'UTF-8'
+=> set[] allowed
+
+RESET client_encoding
+=> reset[] allowed
+
+SET backslash_quote = on
+=> set[] blocked
+
+SET backslash_quote = safe_encoding
+=> set[] allowed
+
+SELECT 1; SET standard_conforming_strings = off; SELECT '\', 'x'
+=> select[] allowed | set[] blocked | select[] allowed
 
 SET TRANSACTION ISOLATION LEVEL SERIALIZABLE
 => set[] allowed

@@ -101,6 +101,8 @@ Not yet a policy table: :func:`policyc.proxy.verdict.resolve_tables` maps it to 
 """
 #: Stand-in table for a column whose qualifier is absent or names no table of the statement.
 ANY_TABLE: Final = TableName("", "")
+#: A SET value that is not a literal (``SET x FROM CURRENT``, an expression).
+NOT_CONSTANT: Final = "\x00not a constant"
 #: Default ceiling on statement text, in UTF-8 bytes.
 MAX_LENGTH: Final = 1_000_000
 
@@ -130,6 +132,10 @@ class StatementInfo:
     name: str | None = None
     side_effect_free: bool = False
     scope: Scope = "any"
+    # what SET/RESET gives the setting: the constant value as text (several for a list),
+    # None for RESET / DEFAULT, or NOT_CONSTANT; empty for anything but SET/RESET
+    values: tuple[str | None, ...] = ()
+    holdable: bool = False  # DECLARE ... WITH HOLD: the cursor outlives its transaction
 
     @property
     def tables_without_ctes(self) -> frozenset[TableName]:
@@ -241,6 +247,7 @@ _ROLE_SETTINGS: Final = frozenset({"role", "session_authorization"})
 _TWO_PHASE: Final = frozenset(
     {"TRANS_STMT_PREPARE", "TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED"}
 )
+_CURSOR_HOLD: Final = 0x0020  # CURSOR_OPT_HOLD in PostgreSQL's parsenodes.h
 # Shapes that only matter if the statement runs; EXPLAIN without ANALYZE runs nothing.
 _EXECUTION_SHAPES: Final = frozenset({"delete_all", "update_all", "write_in_cte", "ddl"})
 
@@ -507,6 +514,7 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
         raise _ShapeError
     node, body = unwrapped
     kind: StatementKind = _SIMPLE_KINDS.get(node, "other")
+    values: tuple[str | None, ...] = ()
     setting: str | None = None
     name: str | None = None
     risky = collector.risky
@@ -517,6 +525,7 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
         kind = _copy(body, collector)
     elif node == "VariableSetStmt":
         kind, setting = _variable_set(body, risky)
+        values = _set_values(body)
     elif node == "VariableShowStmt":
         setting = str(body.get("name", "")).lower()
     elif node == "ConstraintsSetStmt":
@@ -528,9 +537,6 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
         _explain(body, risky)
     elif node == "DoStmt":
         risky.add("do_block")
-    elif node == "DiscardStmt":
-        if body.get("target") == "DISCARD_ALL":
-            risky.add("role_change")
     elif node == "LockStmt":
         risky.add("lock")
     elif node == "TruncateStmt":
@@ -547,6 +553,8 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
         name = body.get("portalname")  # None means ALL
     elif node == "DeallocateStmt":
         name = body.get("name")  # None means ALL
+    elif node == "DiscardStmt" and body.get("target") == "DISCARD_ALL":
+        name = "all"
     elif node in {"ListenStmt", "NotifyStmt", "UnlistenStmt"}:
         name = body.get("conditionname")  # the channel; None means UNLISTEN *
 
@@ -563,6 +571,8 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
         ctes=frozenset(collector.ctes),
         setting=setting,
         name=name,
+        values=values,
+        holdable=node == "DeclareCursorStmt" and bool(int(body.get("options", 0)) & _CURSOR_HOLD),
     )
 
 
@@ -714,7 +724,8 @@ def _variable_set(body: JsonNode, risky: set[str]) -> tuple[StatementKind, str]:
     setting = str(body.get("name", "")).lower()
     kind: StatementKind = "reset" if set_kind in {"VAR_RESET", "VAR_RESET_ALL"} else "set"
     if set_kind == "VAR_RESET_ALL":
-        risky.add("role_change")
+        # the session user is the group role: RESET ALL returns every setting to the
+        # group role's and the proxy's startup values (see policyc.proxy.verdict.PINNED)
         return kind, "all"
     if setting in _ROLE_SETTINGS:
         risky.update({"role_change", "set_config"})
@@ -722,6 +733,23 @@ def _variable_set(body: JsonNode, risky: set[str]) -> tuple[StatementKind, str]:
     if setting.startswith("policyc."):
         risky.add("set_config")
     return kind, setting
+
+
+def _set_values(body: JsonNode) -> tuple[str | None, ...]:
+    """The values a SET gives: text of each literal; ``(None,)`` for RESET / DEFAULT."""
+    set_kind = body.get("kind", "")
+    if set_kind in {"VAR_RESET", "VAR_SET_DEFAULT", "VAR_RESET_ALL"}:
+        return (None,)
+    if set_kind != "VAR_SET_VALUE":
+        return (NOT_CONSTANT,)
+    out: list[str | None] = []
+    for arg in body.get("args") or []:
+        value = const_value(arg)
+        if value is None or isinstance(value, bool):
+            out.append(NOT_CONSTANT)
+        else:
+            out.append(str(value))
+    return tuple(out) or (NOT_CONSTANT,)
 
 
 def _explain(body: JsonNode, risky: set[str]) -> None:

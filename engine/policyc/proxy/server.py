@@ -54,7 +54,7 @@ from policyc.proxy.holds import ApprovalBroker
 from policyc.proxy.records import SessionRecord
 from policyc.proxy.session import Session
 from policyc.proxy.upstream import UpstreamError, connect, send_cancel
-from policyc.proxy.verdict import SETTABLE
+from policyc.proxy.verdict import PINNED, PINNED_STARTUP, SETTABLE, TIMEOUTS, setting_value_reason
 from policyc.webhook import WebhookNotifier
 
 log = logging.getLogger("policyc.proxy")
@@ -217,7 +217,9 @@ class ProxyServer:
     def _settings(self, startup: StartupMessage) -> tuple[dict[str, str], str | None]:
         """Startup parameters to forward upstream, and the group the client asks for."""
         params = startup.params
-        forwarded: dict[str, str] = {"client_encoding": "UTF8"}
+        # the lexing settings are pinned in the upstream startup packet: it outranks role and
+        # database defaults, and it is what RESET and DISCARD ALL return to
+        forwarded: dict[str, str] = dict(PINNED_STARTUP)
         encoding = params.get("client_encoding", "UTF8").strip().strip("'\"").lower()
         if encoding not in UTF8_NAMES:
             raise LoginRefused("bad_encoding", "policyc: only client_encoding UTF8 is supported",
@@ -238,12 +240,13 @@ class ProxyServer:
         for name, value in settings:
             if name == "policyc.group":
                 requested = value or None
-            elif name in SETTABLE and name != "client_encoding":
+            elif name in SETTABLE:
                 forwarded[name] = value
-            elif name == "client_encoding":
-                if value.strip().strip("'\"").lower() not in UTF8_NAMES:
-                    raise LoginRefused("bad_encoding",
-                                       "policyc: only client_encoding UTF8 is supported", "22023")
+            elif name in PINNED:
+                if value.strip().strip("'\"").lower() not in PINNED[name]:
+                    reason = "bad_encoding" if name == "client_encoding" else "bad_setting"
+                    raise LoginRefused(reason, f"policyc: {name} is pinned to "
+                                       f"{PINNED_STARTUP[name]} for agent sessions", "42501")
             else:
                 raise LoginRefused("bad_setting",
                                    f"policyc: setting {name} may not be set by agents", "42501")
@@ -288,6 +291,10 @@ class ProxyServer:
             except AuthenticationFailed as exc:
                 raise LoginRefused(exc.reason, "policyc: authentication failed", "28P01") from None
             rest = b"".join(f.raw for f in frames[1:]) + framer.take_pending() + rest
+            for name in TIMEOUTS & settings.keys():
+                if setting_value_reason(name, (settings[name],), group) is not None:
+                    raise LoginRefused("bad_setting", f"policyc: {name} may only be lowered "
+                                       f"for group {group.name}", "42501")
             try:
                 upstream = await connect(self.config.upstream, group.name, settings)
             except UpstreamError as exc:

@@ -52,13 +52,13 @@ import struct
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from policyc.identity import AgentIdentity
 from policyc.policy.model import Group, ResultRecording
 from policyc.proxy.auditlog import AuditUnavailable
-from policyc.proxy.classify import StatementInfo
 from policyc.proxy.codec import (
     Bind,
     Close,
@@ -68,6 +68,7 @@ from policyc.proxy.codec import (
     Frame,
     FrontendFramer,
     ParameterDescription,
+    ParameterStatus,
     Parse,
     ProtocolViolation,
     Query,
@@ -78,22 +79,27 @@ from policyc.proxy.codec import (
 )
 from policyc.proxy.codec.backend import command_rows
 from policyc.proxy.decide import Decider, Decision
+from policyc.proxy.names import Found, NameBook, Refuse, Slot, Wait
 from policyc.proxy.records import SessionEnd, StatementOutcome, StatementRecord
 from policyc.proxy.results import ResultBudget, ResultCapture, not_kept_reason, with_formats
 from policyc.proxy.upstream import UpstreamSession
+from policyc.proxy.verdict import PINNED
 
 log = logging.getLogger("policyc.proxy")
 
 BLOCKED_SQLSTATE = "42501"
 POISON_QUERY = "SELECT 1/0"
+#: A refusal in the extended protocol is a Parse of this text: the server's raw parser fails
+#: on it before it looks at any name, so no statement, portal or object an agent created can
+#: change what the refusal does (the name given is never stored).
 POISON_PARSE = "policyc refused this statement"
-POISON_STATEMENT = "policyc_refused_statement"
+POISON_NAME = "policyc refused"
 MAX_AUDIT_TEXT = 100_000
 #: Statement kinds whose result rows count against the group's ``rows_over``: reads, writes
 #: (their RETURNING rows are a read), EXECUTE (runs a prepared statement that may be any of
 #: them); None: the extended protocol's unparsed text.
 ROW_LIMITED_KINDS = frozenset({"select", "copy_out", "fetch", "execute", "insert", "update",
-                               "delete", "merge", None})
+                               "delete", "merge", "declare_cursor", None})
 #: Bytes buffered in a transport before a pump waits for it to drain.
 WRITE_HIGH_WATER = 1 << 20
 
@@ -105,6 +111,35 @@ class AuditSink(Protocol):
     def record_statement_later(self, rec: StatementRecord,
                                outcome: StatementOutcome) -> None: ...
     def end_session(self, end: SessionEnd, backend_pid: int | None) -> None: ...
+
+
+_V = TypeVar("_V")
+#: Statement kinds that create, run or close something by name.
+_NAMED_KINDS = frozenset({"prepare", "execute", "deallocate", "declare_cursor", "fetch",
+                          "close_cursor", "discard"})
+
+
+@dataclass
+class _Named:
+    """What :meth:`Session._named_statements` found in one query."""
+
+    stop: int | None = None
+    refusal: tuple[str, str] | None = None
+    effects: dict[int, Callable[[bool], None]] = field(default_factory=dict)
+    touches: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+
+    def enrich(self, index: int, record: StatementRecord) -> StatementRecord:
+        """The record of a run by name carries what it runs touches."""
+        found = self.touches.get(index)
+        if found is None or not (found[0] or found[1]):
+            return record
+        return dataclasses.replace(record, tables=tuple(sorted({*record.tables, *found[0]})),
+                                   phi_columns=tuple(sorted({*record.phi_columns, *found[1]})))
+
+
+def _both(closes: tuple[Callable[[bool], None], ...], ok: bool) -> None:
+    for close in closes:
+        close(ok)
 
 
 class SessionClosed(Exception):
@@ -143,6 +178,10 @@ class Expect:
     # the response goes to the client only once this is done (its batch was sent upstream
     # before its records were durable); a failed gate ends the session instead
     gate: asyncio.Future[None] | None = None
+    # told whether the server completed the message (True) or failed or skipped it (False):
+    # how the proxy's belief about statement and portal names follows the server's
+    on_done: Callable[[bool], None] | None = None
+    batch: int = 0  # for a sync: the client batch it ends
 
 
 @dataclass
@@ -152,6 +191,23 @@ class Prepared:
     refused: tuple[str, str] | None = None  # (sqlstate, message) when the statement must not run
     param_types: tuple[int, ...] = ()
     row_description: bytes | None = None  # results: full, from a Describe of the statement
+    index: int = 0  # which statement of ``decision`` this is (SQL PREPARE/DECLARE in a query)
+
+    @property
+    def runs_as_is(self) -> bool:
+        """Judged runnable without a human: what SQL EXECUTE and FETCH may run by name."""
+        decision = self.decision
+        if self.refused is not None or decision is None or self.index >= len(decision.verdicts):
+            return False
+        return decision.verdicts[self.index].decision in ("allowed", "masked")
+
+    def touches(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(tables, PHI columns) of the statement, for the records of runs by name."""
+        decision = self.decision
+        if decision is None or self.index >= len(decision.audit_fields):
+            return (), ()
+        _kind, tables, phi = decision.audit_fields[self.index]
+        return tables, phi
 
 
 @dataclass
@@ -161,6 +217,8 @@ class Portal:
     result_formats: tuple[int, ...] = ()
     row_description: bytes | None = None  # results: full, from a Describe of the portal
 
+
+_COMPLETES: dict[bytes, str] = {b"1": "parse", b"2": "bind", b"3": "close"}
 
 _BINARY_DECODERS: dict[int, Any] = {
     16: lambda b: "true" if b == b"\x01" else "false",
@@ -209,12 +267,11 @@ class Session:
     results_limit: int = 16 << 20  # uncompressed result bytes kept per session (results: full)
     clock: Any = time.time
     expected: deque[Expect] = field(default_factory=deque)
-    prepared: dict[str, Prepared] = field(default_factory=dict)
-    # SQL-level PREPARE name -> (tables, PHI columns) its statement touches, for the records
-    # of EXECUTE name (see _sql_prepared_statement)
-    sql_prepared: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(
-        default_factory=dict)
-    portals: dict[str, Portal] = field(default_factory=dict)
+    # what the server holds under each prepared statement and portal name (Parse and SQL
+    # PREPARE share one namespace; Bind and DECLARE another): see policyc.proxy.names
+    statements: NameBook[Prepared] = field(default_factory=lambda: NameBook("statement"))
+    portals: NameBook[Portal] = field(default_factory=lambda: NameBook("portal"))
+    _batch: int = 0  # client batches so far (each Sync or Query ends one)
     transaction_status: str = "I"
     end_reason: str = "client closed the connection"
     _error_sqlstate: str | None = None
@@ -274,31 +331,30 @@ class Session:
                     self._check_token()
                 if kind == b"Q":
                     await self._on_query(frame, out)
+                    self._batch += 1
                 elif kind == b"P":
-                    self._on_parse(frame, out)
+                    await self._on_parse(frame, out)
                 elif kind == b"B":
-                    self._on_bind(frame, out)
+                    await self._on_bind(frame, out)
                 elif kind == b"E":
                     await self._on_execute(frame, out)
                 elif kind == b"D":
                     out.append(frame.raw)
                     message = decode_frontend(frame)
                     assert isinstance(message, Describe)
-                    target = self.prepared.get(message.name) if message.kind == "S" else None
-                    portal = self.portals.get(message.name) if message.kind == "P" else None
+                    target = self.statements.peek(message.name) if message.kind == "S" else None
+                    portal = self.portals.peek(message.name) if message.kind == "P" else None
                     self._expect(Expect("describe", prepared=target, portal=portal))
                 elif kind == b"C":
                     message = decode_frontend(frame)
                     assert isinstance(message, Close)
-                    if message.kind == "S":
-                        self.prepared.pop(message.name, None)
-                    else:
-                        self.portals.pop(message.name, None)
+                    book: NameBook[Any] = self.statements if message.kind == "S" else self.portals
                     out.append(frame.raw)
-                    self._expect(Expect("close"))
+                    self._expect(Expect("close", on_done=book.close(message.name, self._batch)))
                 elif kind == b"S":
                     out.append(frame.raw)
-                    self._expect(Expect("sync"))
+                    self._expect(Expect("sync", batch=self._batch))
+                    self._batch += 1
                 elif kind in (b"H", b"d", b"c", b"f"):
                     out.append(frame.raw)
                 elif kind == b"F":
@@ -507,7 +563,7 @@ class Session:
         self._spool(record, StatementOutcome(record.record_id, None, 0.0, sqlstate))
         out.append(Query(POISON_QUERY).encode())
         self._expect(Expect("stmt", rewrite=(sqlstate, message)))
-        self._expect(Expect("sync"))
+        self._expect(Expect("sync", batch=self._batch))
 
     async def _on_query(self, frame: Frame, out: list[bytes]) -> None:
         message = decode_frontend(frame)
@@ -523,13 +579,13 @@ class Session:
             self._spool(record, StatementOutcome(record.record_id, None, 0.0, sqlstate))
             out.append(Query(POISON_QUERY).encode())
             self._expect(Expect("stmt", rewrite=(sqlstate, text)))
-            self._expect(Expect("sync"))
+            self._expect(Expect("sync", batch=self._batch))
             return
         statements = classification.statements
         if not statements:
             out.append(frame.raw)
             self._expect(Expect("stmt"))  # EmptyQueryResponse
-            self._expect(Expect("sync"))
+            self._expect(Expect("sync", batch=self._batch))
             return
         stop = decision.blocked_index
         approval_id: int | None = None
@@ -542,6 +598,13 @@ class Session:
                 approval_id, stop = hold, None
             else:
                 refusal = hold
+        # statements that name prepared statements and cursors: judged by what the name
+        # holds, and what they create or close followed on the server's answers
+        named = await self._named_statements(decision, out, len(statements) if stop is None
+                                             else stop)
+        name_refusal: tuple[str, str] | None = None
+        if named.stop is not None:
+            stop, name_refusal = named.stop, named.refusal
         limit = self.group.approval.rows_over
         if stop is None and approval_id is None and limit is not None and \
                 self._over_estimate(decision):
@@ -560,7 +623,7 @@ class Session:
                 else:
                     out.append(Query(POISON_QUERY).encode())
                     self._expect(Expect("stmt", rewrite=hold))
-                    self._expect(Expect("sync"))
+                    self._expect(Expect("sync", batch=self._batch))
                     return
         if stop is None:
             # a statement whose effects nothing outside its transaction can see goes
@@ -568,32 +631,34 @@ class Session:
             overlap = self._overlaps(decision, approval_id)
             for index, info in enumerate(statements):
                 label = "approved" if approval_id else self._verdict_for(decision, index)
-                record = self._sql_prepared_statement(info, self._record(
+                record = named.enrich(index, self._record(
                     info.text, decision, index, label, approval_id=approval_id))
                 self._expect(Expect("stmt", self._unit(record, decision, approval_key=[sql],
-                                                       overlap=overlap)))
+                                                       overlap=overlap),
+                                    on_done=named.effects.get(index)))
             out.append(frame.raw)
-            self._expect(Expect("sync"))
+            self._expect(Expect("sync", batch=self._batch))
             return
         if refusal is not None:
             # held and not approved: the whole query text was the request, and its outcome is
             # already recorded; nothing of it runs
             out.append(Query(POISON_QUERY).encode())
             self._expect(Expect("stmt", rewrite=refusal))
-            self._expect(Expect("sync"))
+            self._expect(Expect("sync", batch=self._batch))
             return
-        sqlstate, text = self._refusal(decision, stop)
+        sqlstate, text = name_refusal or self._refusal(decision, stop)
         texts = []
         for index, info in enumerate(statements):
             verdict = decision.verdicts[index]
             if index < stop:
-                record = self._sql_prepared_statement(info, self._record(
+                record = named.enrich(index, self._record(
                     info.text, decision, index, self._verdict_for(decision, index)))
-                self._expect(Expect("stmt", self._unit(record)))
+                self._expect(Expect("stmt", self._unit(record),
+                                    on_done=named.effects.get(index)))
                 texts.append(info.text)
             elif index == stop:
-                record = self._record(info.text, decision, index, "blocked",
-                                      reason=verdict.reason or text)
+                reason = name_refusal[1] if name_refusal else verdict.reason or text
+                record = self._record(info.text, decision, index, "blocked", reason=reason)
                 self._spool(record, StatementOutcome(record.record_id, None, 0.0, sqlstate))
             else:
                 record = self._record(
@@ -601,41 +666,69 @@ class Session:
                     reason="not run: an earlier statement in the same query was refused")
                 self._spool(record, StatementOutcome(record.record_id, None, None, None))
         texts.append(POISON_QUERY)
-        out.append(Query(";\n".join(texts)).encode())
+        out.append(Query("\n;\n".join(texts)).encode())  # a text may end in a -- comment
         self._expect(Expect("stmt", rewrite=(sqlstate, text)))
-        self._expect(Expect("sync"))
+        self._expect(Expect("sync", batch=self._batch))
 
-    def _sql_prepared_statement(self, info: StatementInfo,
-                                record: StatementRecord) -> StatementRecord:
-        """SQL-level PREPARE/EXECUTE: remember what ``PREPARE name`` touches, and give the
-        record of ``EXECUTE name`` those tables and PHI columns (else an agent could read PHI
-        through EXECUTE and its records would not show it).  A name prepared again keeps the
-        union (PostgreSQL refuses a second PREPARE of a live name, so what runs is one of
-        them: over-attribution, never under); DEALLOCATE and DISCARD ALL forget.  Protocol-
-        level statements share the namespace, so their decisions count too."""
-        name = info.name
-        if info.kind == "prepare" and name is not None:
-            tables, phi = self.sql_prepared.get(name, ((), ()))
-            self.sql_prepared[name] = (tuple(sorted({*tables, *record.tables})),
-                                       tuple(sorted({*phi, *record.phi_columns})))
-        elif info.kind == "deallocate":
-            if name is None:
-                self.sql_prepared.clear()
-            else:
-                self.sql_prepared.pop(name, None)
-        elif info.kind == "discard" and info.risky:  # DISCARD ALL (role_change)
-            self.sql_prepared.clear()
-        elif info.kind == "execute" and name is not None:
-            tables, phi = self.sql_prepared.get(name, ((), ()))
-            protocol = self.prepared.get(name)
-            if protocol is not None and protocol.decision is not None and \
-                    protocol.decision.audit_fields:
-                _kind, more_tables, more_phi = protocol.decision.audit_fields[0]
-                tables, phi = (*tables, *more_tables), (*phi, *more_phi)
-            if tables or phi:
-                return dataclasses.replace(record, tables=tuple(sorted(set(tables))),
-                                           phi_columns=tuple(sorted(set(phi))))
-        return record
+    async def _named_statements(self, decision: Decision, out: list[bytes],
+                                upto: int) -> _Named:
+        """SQL PREPARE/EXECUTE/DEALLOCATE, DECLARE/FETCH/MOVE/CLOSE and DISCARD ALL among the
+        first ``upto`` statements: a run by name gets the judgement of what the name holds (a
+        statement that needs approval, or is refused, runs only by itself, never by name),
+        and its record that statement's tables and PHI columns; a name that is unknown, or
+        whose state the proxy cannot vouch for, is refused.  Creations and closes are noted
+        for the server's answers (see policyc.proxy.names)."""
+        named = _Named()
+        for index, info in enumerate(decision.classification.statements[:upto]):
+            kind = info.kind
+            if kind not in _NAMED_KINDS or (kind == "discard" and info.name != "all"):
+                continue
+            name = info.name
+            refusal: tuple[str, str] | None = None
+            if kind in ("prepare", "declare_cursor"):
+                assert name is not None
+                book: NameBook[Any] = self.statements if kind == "prepare" else self.portals
+                refusal = await self._may_create(book, name, out)
+                if refusal is None:
+                    own = self.decider.decide(self.group, info.text)
+                    prepared = Prepared(info.text, own)
+                    value: Prepared | Portal = prepared if kind == "prepare" \
+                        else Portal(prepared, [])
+                    _slot, answered = book.create(name, value, self._batch,
+                                                  holdable=info.holdable)
+                    named.effects[index] = answered
+            elif kind in ("execute", "fetch"):
+                assert name is not None
+                target: Found[Any] | Refuse = await self._find(
+                    self.statements if kind == "execute" else self.portals, name, out)
+                if isinstance(target, Refuse):
+                    refusal = (target.sqlstate, target.message)
+                else:
+                    found = target.slot.value
+                    prepared = found if isinstance(found, Prepared) else found.prepared
+                    if not prepared.runs_as_is:
+                        refusal = (BLOCKED_SQLSTATE, (
+                            "policyc: statement blocked: what this name holds was refused or "
+                            "needs approval; such a statement runs only by itself (its own "
+                            "text, or the protocol's Execute), never through EXECUTE, FETCH "
+                            "or MOVE"))
+                    else:
+                        named.touches[index] = prepared.touches()
+            elif kind == "deallocate":
+                named.effects[index] = self.statements.close_all(self._batch) if name is None \
+                    else self.statements.close(name, self._batch)
+            elif kind == "close_cursor":
+                named.effects[index] = self.portals.close_all(self._batch) if name is None \
+                    else self.portals.close(name, self._batch)
+            elif kind == "discard":
+                closes = (self.statements.close_all(self._batch),
+                          self.portals.close_all(self._batch))
+                named.effects[index] = functools.partial(_both, closes)
+            if refusal is not None:
+                named.stop, named.refusal = index, refusal
+                # what this query created before the refused statement still runs
+                break
+        return named
 
     def _overlaps(self, decision: Decision | None, approval_id: int | None) -> bool:
         """May this statement go upstream before its record is durable (see _flush)?
@@ -670,10 +763,16 @@ class Session:
         verdict = decision.verdicts[index].decision
         return "masked" if verdict == "masked" else "allowed"
 
-    def _on_parse(self, frame: Frame, out: list[bytes]) -> None:
+    async def _on_parse(self, frame: Frame, out: list[bytes]) -> None:
         message = decode_frontend(frame)
         assert isinstance(message, Parse)
         decision = self.decider.decide(self.group, message.sql)
+        clash = await self._may_create(self.statements, message.name, out)
+        if clash is not None:
+            record = self._record(message.sql, decision, 0, "blocked", reason=clash[1])
+            self._spool(record, StatementOutcome(record.record_id, None, 0.0, clash[0]))
+            self._poison(out, "parse", clash)
+            return
         stop = decision.blocked_index
         if stop is not None and self._holdable(decision):
             stop = None  # preparing is harmless: the hold happens at Execute, with parameters
@@ -688,67 +787,122 @@ class Session:
             record = self._record(message.sql, decision, index, "blocked",
                                   reason=decision.verdicts[index].reason)
             self._spool(record, StatementOutcome(record.record_id, None, 0.0, refusal[0]))
-            self.prepared[message.name] = Prepared(message.sql, decision, refusal)
-            out.append(Parse(message.name, POISON_PARSE, ()).encode())
-            self._expect(Expect("parse", rewrite=refusal))
+            # the server never holds this name (the poison fails before it stores anything;
+            # an unnamed statement is dropped first): later runs of it are refused by us
+            slot, _answered = self.statements.create(
+                message.name, Prepared(message.sql, decision, refusal), self._batch)
+            slot.settle("ok")
+            self._poison(out, "parse", refusal)
             return
-        self.prepared[message.name] = Prepared(message.sql, decision,
-                                               param_types=message.param_types)
+        _slot, answered = self.statements.create(
+            message.name, Prepared(message.sql, decision, param_types=message.param_types),
+            self._batch)
         out.append(frame.raw)
-        self._expect(Expect("parse"))
+        self._expect(Expect("parse", on_done=answered))
 
-    def _on_bind(self, frame: Frame, out: list[bytes]) -> None:
+    async def _on_bind(self, frame: Frame, out: list[bytes]) -> None:
         message = decode_frontend(frame)
         assert isinstance(message, Bind)
-        prepared = self.prepared.get(message.statement)
-        if prepared is None:
+        found = await self._find(self.statements, message.statement, out)
+        if isinstance(found, Refuse):
             prepared = Prepared("<unknown prepared statement>", None,
-                                ("26000", "policyc: unknown prepared statement"))
+                                (found.sqlstate, found.message))
+        else:
+            prepared = found.slot.value
+        clash = await self._may_create(self.portals, message.portal, out)
+        if clash is not None:
+            prepared = Prepared(prepared.sql, prepared.decision, clash)
         if prepared.refused is not None:
-            out.append(Bind(message.portal, POISON_STATEMENT, (), (), ()).encode())
-            self._expect(Expect("bind", rewrite=prepared.refused))
-            self.portals[message.portal] = Portal(prepared, [])
+            # the portal does not exist on the server after this (a failed Bind of the
+            # unnamed portal may leave the old one: it is refused by us all the same)
+            slot, _answered = self.portals.create(message.portal, Portal(prepared, []),
+                                                  self._batch)
+            slot.settle("ok")
+            self._poison(out, "bind", prepared.refused)
             return
         types = prepared.param_types
         parameters = [
             _param_text(value, message.param_format(i) == 1, types[i] if i < len(types) else 0)
             for i, value in enumerate(message.params)
         ]
-        self.portals[message.portal] = Portal(prepared, parameters, message.result_formats)
+        _slot, answered = self.portals.create(
+            message.portal, Portal(prepared, parameters, message.result_formats), self._batch)
         out.append(frame.raw)
-        self._expect(Expect("bind"))
+        self._expect(Expect("bind", on_done=answered))
 
     async def _on_execute(self, frame: Frame, out: list[bytes]) -> None:
         message = decode_frontend(frame)
         assert isinstance(message, Execute)
-        portal = self.portals.get(message.portal)
-        if portal is None or portal.prepared.refused is not None:
-            # the server has no such portal (its Bind failed or never came): it will error
-            out.append(frame.raw)
-            refused = portal.prepared.refused if portal else None
-            self._expect(Expect("execute", rewrite=refused))
+        found = await self._find(self.portals, message.portal, out)
+        if isinstance(found, Refuse):
+            refusal = (found.sqlstate, found.message)
+            record = self._record("<Execute of an unknown portal>", None, None, "blocked",
+                                  reason=found.message)
+            self._spool(record, StatementOutcome(record.record_id, None, 0.0, found.sqlstate))
+            self._poison(out, "execute", refusal)
+            return
+        portal = found.slot.value
+        if portal.prepared.refused is not None:
+            # refused when it was parsed or bound (and recorded then): nothing runs
+            self._poison(out, "execute", portal.prepared.refused)
             return
         prepared = portal.prepared
         decision = prepared.decision
         verdict = "allowed"
         approval_id = None
         if decision is not None and decision.verdicts:
-            verdict = self._verdict_for(decision, 0)
+            verdict = self._verdict_for(decision, prepared.index)
             if decision.blocked_index is not None and self._holdable(decision):
                 hold = await self._hold(out, prepared.sql, portal.parameters or None,
                                         decision, decision.blocked_index)
                 if not isinstance(hold, int):
-                    # the server fails on a portal that does not exist; we rewrite its error
-                    out.append(Execute(POISON_STATEMENT, 0).encode())
-                    self._expect(Expect("execute", rewrite=hold))
+                    self._poison(out, "execute", hold)
                     return
                 verdict, approval_id = "approved", hold
-        record = self._record(prepared.sql, decision, 0, verdict,
+        record = self._record(prepared.sql, decision, prepared.index, verdict,
                               parameters=portal.parameters or None, approval_id=approval_id)
         out.append(frame.raw)
         unit = self._unit(record, decision, overlap=self._overlaps(decision, approval_id))
         unit.portal = portal
         self._expect(Expect("execute", unit))
+
+    def _poison(self, out: list[bytes], kind: str, refusal: tuple[str, str]) -> None:
+        """Refuse an extended-protocol message: the server fails on the poison (an error
+        aborts the transaction and skips to Sync, as the refused message's own error would)
+        and the proxy rewrites that error into ``refusal``."""
+        out.append(Parse(POISON_NAME, POISON_PARSE, ()).encode())
+        self._expect(Expect(kind, rewrite=refusal))
+
+    async def _may_create(self, book: NameBook[Any], name: str,
+                          out: list[bytes]) -> tuple[str, str] | None:
+        """None when a creation of ``name`` may be sent now; else the refusal (a name the
+        server holds already).  Waits while an earlier batch's answer about it is due."""
+        while True:
+            check = book.check_create(name, self._batch)
+            if isinstance(check, Wait):
+                await self._settle(check.slot, out)
+                continue
+            return None if check is None else (check.sqlstate, check.message)
+
+    async def _find(self, book: NameBook[_V], name: str, out: list[bytes]) -> Found[_V] | Refuse:
+        """What a run of ``name`` sent now runs (waiting while an earlier batch's answer
+        about it is due), or why it may not run."""
+        while True:
+            found = book.lookup(name, self._batch)
+            if isinstance(found, Wait):
+                await self._settle(found.slot, out)
+                continue
+            return found
+
+    async def _settle(self, slot: Slot[Any], out: list[bytes]) -> None:
+        """Send what is queued (the earlier batch's Sync is in it or already sent, so the
+        server will answer) and wait for the server's answer about ``slot``."""
+        await self._flush(out)
+        if not slot.unsettled:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        slot.waiters.append(lambda: None if waiter.done() else waiter.set_result(None))
+        await waiter
 
     # ---- just-in-time approval --------------------------------------------------------
 
@@ -990,6 +1144,8 @@ class Session:
                 out.append(frame.raw)
             elif kind == b"C":
                 expect = self._pop(("execute", "stmt"))
+                if expect.on_done is not None:
+                    expect.on_done(True)
                 message = decode_backend(frame)
                 assert isinstance(message, CommandComplete)
                 counted = command_rows(message.tag)
@@ -1005,19 +1161,22 @@ class Session:
                 self._finish(expect)
                 out.append(frame.raw)
             elif kind == b"I":
-                self._finish(self._pop(("execute", "stmt")))
+                expect = self._pop(("execute", "stmt"))
+                if expect.on_done is not None:
+                    expect.on_done(True)
+                self._finish(expect)
                 out.append(frame.raw)
             elif kind == b"s":
                 self._finish(self._pop(("execute",)), note="portal suspended")
                 out.append(frame.raw)
-            elif kind == b"1":
-                self._pop(("parse",))
-                out.append(frame.raw)
-            elif kind == b"2":
-                self._pop(("bind",))
-                out.append(frame.raw)
-            elif kind == b"3":
-                self._pop(("close",))
+            elif kind in (b"1", b"2", b"3"):
+                # ParseComplete / BindComplete / CloseComplete; a proxy refusal is never
+                # expected to complete: if one did, the session is out of step and ends
+                expect = self._pop((_COMPLETES[kind],))
+                if expect.rewrite is not None:
+                    raise ProtocolViolation("a refused message completed on the server", "08P01")
+                if expect.on_done is not None:
+                    expect.on_done(True)
                 out.append(frame.raw)
             elif kind in (b"T", b"n"):
                 if head is not None and head.kind == "describe":
@@ -1044,6 +1203,8 @@ class Session:
                     # an error outside any pending message (e.g. a FATAL): keep the sync
                     expected.appendleft(head)
                     head = None
+                if head is not None and head.on_done is not None:
+                    head.on_done(False)
                 if head is not None and head.rewrite is not None:
                     sqlstate, text = head.rewrite
                     out.append(error_response(sqlstate, text))
@@ -1053,13 +1214,22 @@ class Session:
                     self._finish(head, sqlstate=sqlstate)
                 self._error_sqlstate = sqlstate
             elif kind == b"Z":
+                batch: int | None = None
                 while expected:
                     expect = expected.popleft()
                     if expect.kind == "sync":
+                        batch = expect.batch
                         break
+                    if expect.on_done is not None:
+                        expect.on_done(False)  # skipped after an error
                     self._finish(expect, sqlstate=self._error_sqlstate,
                                  note="not run: an earlier message in the pipeline failed")
                 self.transaction_status = chr(frame.raw[5])
+                if self.transaction_status == "I" and batch is not None:
+                    self.portals.transaction_ended(batch)
+                out.append(frame.raw)
+            elif kind == b"S":
+                self._check_pinned(frame)
                 out.append(frame.raw)
             elif kind == b"t":
                 head = expected[0] if expected else None
@@ -1072,6 +1242,20 @@ class Session:
                 # G/H/W copy responses, c CopyDone, A/N/S async messages
                 out.append(frame.raw)
         return b"".join(out)
+
+    def _check_pinned(self, frame: Frame) -> None:
+        """The server reports every change of a lexing setting (ParameterStatus): a value
+        other than the pinned one means the proxy may no longer read SQL as the server does,
+        whatever route changed it, so the session ends before another statement is read."""
+        message = decode_backend(frame)
+        if not isinstance(message, ParameterStatus):
+            return
+        allowed = PINNED.get(message.name.lower())
+        if allowed is not None and message.value.strip().lower() not in allowed:
+            self.end_reason = f"the server reported {message.name} changed from its pinned value"
+            raise ProtocolViolation(
+                f"policyc: {message.name} changed from its pinned value; the session was ended "
+                "because the proxy can no longer read SQL as the server does", "42501")
 
     def _explain_frame(self, head: Expect, frame: Frame) -> None:
         """Consume the proxy's own EXPLAIN exchange; resolve its waiter at ReadyForQuery."""

@@ -47,7 +47,7 @@ _ALWAYS_BLOCKED: Final = (
     (
         "role_change",
         "changing the session role or authorization (SET ROLE, RESET ROLE, SET SESSION "
-        "AUTHORIZATION, RESET ALL, DISCARD ALL, role management) is not allowed",
+        "AUTHORIZATION, role management) is not allowed",
     ),
     (
         "set_config",
@@ -102,8 +102,6 @@ SETTABLE: Final = frozenset(
         "timezone",
         "intervalstyle",
         "extra_float_digits",
-        "client_encoding",
-        "standard_conforming_strings",
         "client_min_messages",
         "bytea_output",
         "default_transaction_isolation",
@@ -126,8 +124,33 @@ SETTABLE: Final = frozenset(
         "constraints",
     }
 )
+#: Settings that change how the server lexes or decodes statement text, and the only values
+#: they may have in an agent's session: the proxy reads SQL exactly as the server does only
+#: while these hold.  The proxy sends them in the upstream startup packet (which outranks
+#: role and database defaults, and is what RESET and DISCARD ALL return to), refuses any
+#: other value by every route an agent has, and ends a session whose server reports another
+#: value (ParameterStatus).  ``backslash_quote`` only decides whether ``\'`` is accepted in
+#: E'' strings (the server refuses, it never reads differently); it is pinned all the same.
+PINNED: Final[Mapping[str, frozenset[str]]] = {
+    "client_encoding": frozenset({"utf8", "utf-8", "unicode"}),
+    "standard_conforming_strings": frozenset({"on", "true", "yes", "1"}),
+    "backslash_quote": frozenset({"safe_encoding"}),
+}
+#: What the proxy sends for them upstream.
+PINNED_STARTUP: Final[Mapping[str, str]] = {
+    "client_encoding": "UTF8",
+    "standard_conforming_strings": "on",
+    "backslash_quote": "safe_encoding",
+}
+#: Timeouts the policy may cap (``groups.G.limits``): agents may tighten, never loosen.
+TIMEOUTS: Final = frozenset(
+    {"statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"})
+_TIME_UNITS: Final[Mapping[str, float]] = {
+    "us": 0.001, "ms": 1.0, "s": 1000.0, "min": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
+_TIME_VALUE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-z]*)\s*$")
+
 #: Settings an agent may only read with SHOW (clients and drivers ask for these).
-SHOWABLE: Final = SETTABLE | frozenset(
+SHOWABLE: Final = SETTABLE | PINNED.keys() | frozenset(
     {
         "search_path",
         "server_version",
@@ -271,6 +294,11 @@ def decide(info: StatementInfo, group: Group, policy: Policy) -> Verdict:
     if blocked is not None:
         return verdict("blocked", blocked)
     listed = info.risky & frozenset(group.approval.statements)
+    if listed and info.kind in ("prepare", "declare_cursor"):
+        # an approval covers one run of the exact text; a name would run it again and again
+        return verdict("blocked", (
+            f"statement shape ({', '.join(sorted(listed))}) needs approval for group "
+            f"{group.name}; PREPARE and DECLARE cannot be approved: run the statement itself"))
     if listed:
         shapes = ", ".join(sorted(listed))
         return verdict(
@@ -300,7 +328,7 @@ def _blocked_reason(info: StatementInfo, group: Group) -> str | None:
             f"not allowed for group {group.name} unless its approval rules list ddl"
         )
     if info.kind in {"set", "reset", "show"}:
-        return _setting_reason(info)
+        return _setting_reason(info, group)
     if info.kind in {"listen", "notify"} and (info.name or "").lower().startswith("policyc"):
         return "the policyc_* notification channels belong to the proxy and approvers"
     if "pg_notify" in info.functions:
@@ -308,7 +336,7 @@ def _blocked_reason(info: StatementInfo, group: Group) -> str | None:
     return None
 
 
-def _setting_reason(info: StatementInfo) -> str | None:
+def _setting_reason(info: StatementInfo, group: Group) -> str | None:
     setting = info.setting or ""
     if info.kind == "show":
         if setting in SHOWABLE:
@@ -316,10 +344,59 @@ def _setting_reason(info: StatementInfo) -> str | None:
         return f"SHOW {_setting_name(setting)} is not on the proxy's list of readable settings"
     if setting == "search_path":
         return "changing search_path is not allowed: agents stay in their group's view schema"
+    if setting == "all":  # RESET ALL: back to the startup, role and database values
+        return None
+    if setting in PINNED:
+        return setting_value_reason(setting, info.values, group)
+    if setting in TIMEOUTS:
+        return setting_value_reason(setting, info.values, group)
     if setting in SETTABLE:
         return None
     verb = "RESET" if info.kind == "reset" else "SET"
     return f"{verb} {_setting_name(setting)} is not on the proxy's list of harmless settings"
+
+
+def setting_value_reason(setting: str, values: Iterable[str | None], group: Group,
+                         ceiling_ms: int | None = None) -> str | None:
+    """Why an agent may not give ``setting`` these ``values`` (None: it may).  ``None`` in
+    ``values`` is RESET / DEFAULT, which returns to the startup or role value: always
+    allowed.  Pinned settings take only their pinned value; capped timeouts only a value
+    in (0, ceiling] (the policy's, or ``ceiling_ms`` when the role's own is lower)."""
+    items = list(values)
+    if setting in PINNED:
+        allowed = PINNED[setting]
+        for value in items:
+            if value is not None and value.strip().lower() not in allowed:
+                return (f"{setting} is pinned to {PINNED_STARTUP[setting]} for agent sessions: "
+                        "the proxy must read SQL exactly as the server does")
+        return None
+    if setting in TIMEOUTS:
+        limit_s = getattr(group.limits, setting, None)
+        limits = [c for c in (ceiling_ms, None if limit_s is None else limit_s * 1000)
+                  if c is not None]
+        if not limits:
+            return None
+        ceiling = min(limits)
+        for value in items:
+            if value is None:
+                continue
+            ms = timeout_ms(value)
+            if ms is None or ms <= 0 or ms > ceiling:
+                return (f"{setting} may only be lowered for group {group.name}: its ceiling "
+                        f"is {ceiling} ms (0, meaning no limit, is not allowed)")
+        return None
+    return None
+
+
+def timeout_ms(value: str) -> float | None:
+    """A timeout setting's value in milliseconds, read as PostgreSQL does (a bare number is
+    milliseconds); None when it is not a duration."""
+    match = _TIME_VALUE.match(value.lower())
+    if match is None:
+        return None
+    number, unit = float(match.group(1)), match.group(2) or "ms"
+    factor = _TIME_UNITS.get(unit)
+    return None if factor is None else number * factor
 
 
 def _setting_name(setting: str) -> str:
