@@ -56,6 +56,17 @@ class Table:
 
 
 @dataclass(frozen=True)
+class ForeignKey:
+    """One foreign key: ``columns`` of ``table`` reference ``ref_columns`` of ``ref_table``."""
+
+    table: TableName
+    name: str
+    columns: tuple[str, ...]
+    ref_table: TableName
+    ref_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Role:
     name: str
     comment: str | None
@@ -99,6 +110,8 @@ class Catalog:
     ledger: Mapping[str, LedgerEntry]
     observed: Mapping[str, str] = field(default_factory=dict)
     extra_privileges: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # the foreign keys of the policy's tables, by referencing table (see load_foreign_keys)
+    foreign_keys: Mapping[TableName, tuple[ForeignKey, ...]] = field(default_factory=dict)
 
 
 @cache
@@ -169,6 +182,26 @@ def load_tables(
     return tables
 
 
+_FOREIGN_KEYS = "foreign_keys"
+
+
+def load_foreign_keys(
+    conn: psycopg.Connection[Any], names: Iterable[TableName]
+) -> dict[TableName, tuple[ForeignKey, ...]]:
+    """The foreign keys of ``names`` (the referencing side), in constraint-name order."""
+    wanted = sorted(set(names))
+    found: dict[TableName, list[ForeignKey]] = {}
+    for schema, rel, conname, cols, ref_schema, ref_rel, ref_cols in _fetch(
+        conn, _FOREIGN_KEYS, ([t.schema for t in wanted], [t.name for t in wanted])
+    ):
+        table = TableName(schema, rel)
+        found.setdefault(table, []).append(
+            ForeignKey(table, conname, tuple(cols), TableName(ref_schema, ref_rel),
+                       tuple(ref_cols))
+        )
+    return {table: tuple(keys) for table, keys in found.items()}
+
+
 def load_roles(conn: psycopg.Connection[Any], names: Iterable[str]) -> dict[str, Role]:
     return {
         name: Role(name, comment, login)
@@ -221,6 +254,7 @@ def snapshot(
         "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
     )[0]
     version_installed, via_extension, available = _runtime(conn)
+    tables = list(tables)
     return Catalog(
         database=database,
         server_version=version,
@@ -231,6 +265,7 @@ def snapshot(
         runtime_via_extension=via_extension,
         extension_available=available,
         ledger=load_ledger(conn),
+        foreign_keys=load_foreign_keys(conn, tables),
     )
 
 

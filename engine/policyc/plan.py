@@ -19,7 +19,9 @@ from policyc import RUNTIME_VERSION
 from policyc.catalog import Catalog, observe_all, snapshot, without_jit
 from policyc.compiler import Compiled, DesiredObject, compile_policy, policy_tables
 from policyc.compiler.objects import FAMILIES, KIND_ORDER
-from policyc.policy.model import Policy, TableName
+from policyc.errors import Problem
+from policyc.policy.model import ALL_COLUMNS, Columns, Policy, TableName
+from policyc.policy.rowfilter import filter_mentions
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Plan:
     changes: tuple[Change, ...]
     compiled: Compiled
     catalog: Catalog
+    # what the policy leaves open that the database shows (foreign keys): printed, never fatal
+    warnings: tuple[Problem, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -208,7 +212,8 @@ def make_plan(conn: psycopg.Connection[Any], policy: Policy) -> Plan:
             Change(key, entry.family, "drop", entry.drop_sql,
                    tuple(_drop_hazards(key, entry.semantic)))
         )
-    return Plan(tuple(_ordered(changes)), compiled, catalog)
+    return Plan(tuple(_ordered(changes)), compiled, catalog,
+                warnings=foreign_key_warnings(policy, catalog))
 
 
 def _ordered(changes: list[Change]) -> list[Change]:
@@ -217,3 +222,63 @@ def _ordered(changes: list[Change]) -> list[Change]:
     drops.sort(key=lambda c: (-KIND_ORDER.get(c.kind, 0), c.key))
     rest.sort(key=lambda c: KIND_ORDER.get(c.kind, 0))
     return drops + rest
+
+
+# Warnings: writable references the writer's own row filter leaves open ----------------------
+
+
+def _written(columns: Columns, all_columns: tuple[str, ...]) -> tuple[str, ...]:
+    return columns if isinstance(columns, tuple) else all_columns
+
+
+def foreign_key_warnings(policy: Policy, catalog: Catalog) -> tuple[Problem, ...]:
+    """A warning per group and foreign key that the group can write into a table row-filtered
+    for it, while its filter on the written table mentions none of the key's columns.
+
+    Row security checks a written row against the writer's filter (WITH CHECK) before any
+    foreign-key check, so a filter that constrains the reference (``visit_id IN (SELECT v.id
+    FROM public.visits v WHERE <the visits filter>)``) refuses another tenant's id and a
+    nonexistent one alike with 42501.  Without it an agent can attach its row to another
+    tenant's row, and the foreign-key error (23503 or not) tells it which ids exist there.
+    Located at the written column in the policy; never fatal.
+    """
+    warnings: list[Problem] = []
+    for group in policy.groups:
+        for table, grant in sorted(group.write.items()):
+            live = catalog.tables.get(table)
+            if live is None:
+                continue
+            insert = _written(grant.insert, live.column_names)
+            update = _written(grant.update, live.column_names)
+            expression = group.rows.get(table)
+            mentioned = filter_mentions(expression, table) if expression else frozenset()
+            for key in catalog.foreign_keys.get(table, ()):
+                if key.ref_table not in group.rows or mentioned & set(key.columns):
+                    continue
+                written = [c for c in key.columns if c in insert or c in update]
+                if not written:
+                    continue
+                column = written[0]
+                verb = "insert" if column in insert else "update"
+                listed = grant.insert if verb == "insert" else grant.update
+                where = f"groups.{group.name}.write.{table}.{verb}"
+                if listed is not ALL_COLUMNS:
+                    where += f".{column}"
+                columns = ", ".join(written)
+                filter_key = f"groups.{group.name}.rows.{table}"
+                if expression:
+                    why = (f"its row filter on {table} ({policy.where(filter_key)}) does not "
+                           f"mention {', '.join(key.columns)}")
+                else:
+                    why = f"it has no row filter on {table}"
+                warnings.append(Problem(
+                    policy.where(where),
+                    f"group {group.name} may write {table}.{columns}, a reference to "
+                    f"{key.ref_table} (foreign key {key.name}), which is row-filtered for "
+                    f"{group.name}, but {why}: an agent can attach a row to another tenant's "
+                    f"{key.ref_table} row, and the foreign-key error tells it which ids exist. "
+                    f"Constrain {', '.join(key.columns)} in the row filter of {table} (e.g. "
+                    f"{key.columns[0]} IN (SELECT {key.ref_columns[0]} FROM {key.ref_table} "
+                    f"WHERE <its filter>)).",
+                ))
+    return tuple(sorted(warnings))

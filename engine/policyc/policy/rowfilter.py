@@ -22,7 +22,8 @@ from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json, scan
 
-from policyc.policy.model import TableName
+from policyc.errors import Problem
+from policyc.policy.model import Policy, TableName
 
 __all__ = [
     "AGGREGATE_FUNCTIONS",
@@ -30,6 +31,8 @@ __all__ = [
     "POLICYC_FUNCTIONS",
     "SAFE_FUNCTIONS",
     "check_row_filter",
+    "filter_mentions",
+    "unfiltered_write_warnings",
 ]
 
 MAX_LENGTH = 8192
@@ -453,3 +456,74 @@ def _why(name: str) -> str:
     if name.startswith("pg_"):
         return "it inspects or administers the server"
     return "it is not on the allowlist of immutable and stable functions"
+
+
+# --- What a filter leaves open (warnings, not errors) -------------------------------------
+
+
+def filter_mentions(expression: str, table: TableName) -> frozenset[str]:
+    """Names of the columns of ``table`` that the row filter ``expression`` mentions.
+
+    A column counts when it is referenced unqualified (anywhere: without the live catalog an
+    unqualified name inside a subquery cannot be told apart from the subquery's own columns, so
+    this errs towards "mentioned") or qualified with the filtered table's name
+    (``claims.visit_id``, ``public.claims.visit_id``).  A filter that does not parse mentions
+    nothing.  Used to warn about writable references the filter does not constrain.
+    """
+    return _filter_mentions(expression, table)
+
+
+@lru_cache(maxsize=4096)
+def _filter_mentions(expression: str, table: TableName) -> frozenset[str]:
+    try:
+        tree = json.loads(parse_sql_json(_PREFIX + expression))
+    except (ParseError, RecursionError):
+        return frozenset()
+    found: set[str] = set()
+    stack: list[object] = [tree]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            ref = value.get("ColumnRef")
+            if isinstance(ref, dict):
+                raw = ref.get("fields") or []
+                names = _names(raw)
+                if len(names) != len(raw) or not names:
+                    continue  # ends in * (a whole row): no column named
+                qualifier, column = names[:-1], names[-1]
+                if qualifier in ([], [table.name], [table.schema, table.name]):
+                    found.add(column)
+                continue
+            stack.extend(value.values())
+    return frozenset(found)
+
+
+def unfiltered_write_warnings(policy: Policy) -> list[Problem]:
+    """Offline heuristic for ``policyc check``: a group that filters the rows of tables it
+    reads but writes a table without a row filter of its own.
+
+    Such writes are confined to nothing: any foreign-key column of that table can point at
+    another tenant's rows (and the foreign-key error tells the agent which ids exist there).
+    ``policyc check`` cannot see foreign keys; ``policyc plan`` and ``apply`` read them and
+    warn precisely.  Warnings never fail the check.
+    """
+    warnings: list[Problem] = []
+    for group in policy.groups:
+        if not group.rows:
+            continue
+        filtered = ", ".join(str(t) for t in sorted(group.rows))
+        for table in sorted(group.write):
+            if table in group.rows:
+                continue
+            warnings.append(Problem(
+                policy.where(f"groups.{group.name}.write.{table}"),
+                f"group {group.name} writes {table} without a row filter on it, while "
+                f"it filters the rows of {filtered}: its writes to {table} are not confined to "
+                f"its tenant, and a column of {table} that references a filtered table can "
+                "point at another tenant's rows (heuristic: this check cannot see foreign keys; "
+                "`policyc plan` lists the ones left open). Add a rows entry for "
+                f"{table} that constrains those columns.",
+            ))
+    return sorted(warnings)

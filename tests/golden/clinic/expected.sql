@@ -196,8 +196,8 @@ ALTER TABLE "public"."claims" ENABLE ROW LEVEL SECURITY;
 CREATE POLICY policyc_passthrough ON "public"."claims" AS PERMISSIVE FOR ALL TO PUBLIC
     USING (true) WITH CHECK (true);
 CREATE POLICY "policyc_billing" ON "public"."claims" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING ((SELECT CURRENT_USER) <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)))))
-    WITH CHECK ((SELECT CURRENT_USER) <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)))));
+    USING ((SELECT CURRENT_USER) <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))) AND (visit_id IS NULL OR EXISTS (SELECT 1 FROM public.visits AS v WHERE v.id = claims.visit_id AND v.patient_id = claims.patient_id AND v.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))))
+    WITH CHECK ((SELECT CURRENT_USER) <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))) AND (visit_id IS NULL OR EXISTS (SELECT 1 FROM public.visits AS v WHERE v.id = claims.visit_id AND v.patient_id = claims.patient_id AND v.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))));
 
 -- rls:public.notes
 DROP POLICY IF EXISTS "policyc_clinician" ON "public"."notes";
@@ -237,8 +237,8 @@ CREATE POLICY "policyc_billing" ON "public"."visits" AS RESTRICTIVE FOR ALL TO p
     USING ((SELECT CURRENT_USER) <> 'billing' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))
     WITH CHECK ((SELECT CURRENT_USER) <> 'billing' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))));
 CREATE POLICY "policyc_clinician" ON "public"."visits" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING ((SELECT CURRENT_USER) <> 'clinician' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))
-    WITH CHECK ((SELECT CURRENT_USER) <> 'clinician' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))));
+    USING ((SELECT CURRENT_USER) <> 'clinician' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)) AND patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)))))
+    WITH CHECK ((SELECT CURRENT_USER) <> 'clinician' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)) AND patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)))));
 
 -- trigger:public.claims
 DROP TRIGGER IF EXISTS policyc_audit_insert ON "public"."claims";
