@@ -739,7 +739,10 @@ class AuditLog:
                 f"{self._spool.directory} cannot be checked to belong to it",
                 "the proxy cannot start") from exc
         self._drain_conn = conn  # the drainer's, from now on
-        undrained = sum(len(seg.events) for seg in recovered)
+        # records: statements (a begin, with its end when it has one) and session events;
+        # an outcome whose begin was drained already still has to go where it belongs
+        events = [event for seg in recovered for event in seg.events]
+        undrained = sum(1 for event in events if event.get("e") != "end") or len(events)
         try:
             done = await self._io(claim, self._spool.directory, identity, self._proxy_name,
                                   undrained)
