@@ -80,13 +80,23 @@ def test_billing_cannot_attach_a_claim_to_another_clinics_visit_or_patient(
 def test_clinician_cannot_record_a_visit_for_another_clinics_patient(
     proxy: RunningProxy, applied_clinic: Database
 ) -> None:
+    """visits reference patients by (patient_id, clinic_id) and the row filter pins clinic_id:
+    another clinic's patient and a patient that exists nowhere get the same 23503, whose key
+    names the agent's own clinic; claiming the other clinic fails row security first."""
     ids = Ids(applied_clinic)
-    visit = "INSERT INTO visits (id, patient_id, clinic_id, visited_at) VALUES (%s, %s, 1, now())"
+    visit = "INSERT INTO visits (id, patient_id, clinic_id, visited_at) VALUES (%s, %s, %s, now())"
     fresh = ids.missing_visit + 1
     with proxy.connect("agent-c1", "clinician", clinic_id=1) as conn:
-        assert _fails(conn, visit, (fresh, ids.patient2)) == "42501"
-        assert _fails(conn, visit, (fresh, ids.missing_patient)) == "42501"  # same answer
-        conn.execute(visit, (fresh, ids.patient1))
+        errors = []
+        for patient in (ids.patient2, ids.missing_patient):
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute(visit, (fresh, patient, 1))
+            assert info.value.sqlstate == "23503"
+            errors.append((info.value.diag.message_primary,
+                           str(info.value.diag.message_detail).replace(str(patient), "P")))
+        assert errors[0] == errors[1]  # no oracle: the same answer either way
+        assert _fails(conn, visit, (fresh, ids.patient2, 2)) == "42501"
+        conn.execute(visit, (fresh, ids.patient1, 1))
     assert applied_clinic.execute(
         f"SELECT patient_id, clinic_id FROM public.visits WHERE id = {fresh}") == [
         (ids.patient1, 1)]

@@ -121,20 +121,24 @@ def test_old_example_claims_filter_warns_and_the_fixed_one_is_silent(clinic_db: 
     assert "does not mention visit_id" in warning.message
 
 
-def test_the_clinician_visits_reference_is_constrained_too(clinic_db: Database) -> None:
-    """Before issue #11 clinicians could insert a visit at their clinic for a patient of
-    another clinic: the visits filter named only clinic_id."""
-    loose = _edited(
-        clinic_db.name,
-        ("      public.visits: \"clinic_id = policyc.claim('clinic_id')::int\n"
-         "        AND patient_id IN (SELECT p.id FROM public.patients p\n"
-         "          WHERE p.clinic_id = policyc.claim('clinic_id')::int)\"\n",
-         "      public.visits: \"clinic_id = policyc.claim('clinic_id')::int\"\n"),
-    )
+def test_a_composite_key_with_the_tenant_column_is_constrained_by_a_tenant_filter(
+    clinic_db: Database,
+) -> None:
+    """visits reference patients by (patient_id, clinic_id): clinicians' filter on clinic_id
+    confines the reference (the shipped example is silent); without any visits filter it is
+    open, and the warning names the composite key."""
+    policy = _edited(clinic_db.name)
+    clinician = policy.group("clinician")
+    open_visits = dataclasses.replace(policy, groups=tuple(
+        dataclasses.replace(g, rows={t: e for t, e in g.rows.items() if t.name != "visits"})
+        if g is clinician else g for g in policy.groups))
     with clinic_db.connect() as conn:
-        warnings = make_plan(conn, loose).warnings
+        assert make_plan(conn, policy).warnings == ()
+        warnings = make_plan(conn, open_visits).warnings
     assert _keys(warnings) == ["groups.clinician.write.public.visits.insert.patient_id"]
-    assert "public.patients (foreign key visits_patient_id_fkey)" in warnings[0].message
+    assert "public.visits.patient_id, clinic_id" in warnings[0].message
+    assert "(foreign key visits_patient_id_clinic_id_fkey)" in warnings[0].message
+    assert "it has no row filter on public.visits" in warnings[0].message
 
 
 def test_no_filter_on_the_written_table_and_star_columns(clinic_db: Database) -> None:

@@ -19,17 +19,22 @@ CREATE TABLE public.patients (
     zip        text,
     email      text,
     phone      text,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- what visits reference: a visit's clinic is always its patient's clinic
+    UNIQUE (id, clinic_id)
 );
 
 CREATE TABLE public.visits (
     id         bigint      PRIMARY KEY,
-    patient_id int         NOT NULL REFERENCES public.patients (id),
+    patient_id int         NOT NULL,
     clinic_id  int         NOT NULL,
     visited_at timestamptz NOT NULL,
     diagnosis  text,
     notes      text,
-    provider   text
+    provider   text,
+    -- the tenant is part of the reference: a row filter on clinic_id then confines patient_id
+    -- too, and the key's error can only name the writer's own clinic (docs/leaks.md)
+    FOREIGN KEY (patient_id, clinic_id) REFERENCES public.patients (id, clinic_id)
 );
 
 CREATE TABLE public.claims (

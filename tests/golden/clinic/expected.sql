@@ -237,8 +237,8 @@ CREATE POLICY "policyc_billing" ON "public"."visits" AS RESTRICTIVE FOR ALL TO p
     USING ((SELECT CURRENT_USER) <> 'billing' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))
     WITH CHECK ((SELECT CURRENT_USER) <> 'billing' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))));
 CREATE POLICY "policyc_clinician" ON "public"."visits" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING ((SELECT CURRENT_USER) <> 'clinician' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)) AND patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)))))
-    WITH CHECK ((SELECT CURRENT_USER) <> 'clinician' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)) AND patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)))));
+    USING ((SELECT CURRENT_USER) <> 'clinician' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))
+    WITH CHECK ((SELECT CURRENT_USER) <> 'clinician' OR (clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))));
 
 -- trigger:public.claims
 DROP TRIGGER IF EXISTS policyc_audit_insert ON "public"."claims";
