@@ -108,7 +108,12 @@ class ProxyConfig:
     max_message_bytes: int = 64 << 20
     max_statement_bytes: int = 1 << 20
     proxy_name: str = "policyc-proxy"
-    login_timeout: float = 30.0
+    login_timeout: float = 30.0  # seconds from accept to a verified token; nothing resets it
+    # caps (docs/limits.md); each refusal is FATAL 53300.  0 means no cap.
+    max_connections: int = 1000  # client connections at once, logged in or not
+    max_pending_logins: int = 64  # connections not yet authenticated
+    max_sessions_per_agent: int = 20  # one token subject's sessions, all groups together
+    max_password_bytes: int = 16 << 10  # the password message (the token) before login
     checkpoint_interval: float = 60.0  # seconds between audit.checkpoint() calls; 0: at close
 
     def spool_path(self) -> Path:

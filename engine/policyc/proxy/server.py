@@ -3,6 +3,11 @@ requests, and handing each accepted connection to a :class:`Session`.
 
 One bad connection never hurts another: every connection runs in its own task and every
 exception ends only that task, with an ErrorResponse when the client can still read one.
+
+No client can starve the others (docs/limits.md): connections are capped in total, before
+authentication, per agent and per group (each refusal FATAL 53300); before authentication only
+startup packets and one password message are read, each refused on its length header when it
+is too large, all under one deadline from accept that no retry resets.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +41,7 @@ from policyc.proxy.codec import (
     READY_IDLE,
     BackendKeyData,
     CancelRequest,
+    Frame,
     FrontendFramer,
     GSSENCRequest,
     ParameterStatus,
@@ -48,6 +55,7 @@ from policyc.proxy.codec import (
     encryption_response,
     error_response,
 )
+from policyc.proxy.codec.framing import LoginFramer
 from policyc.proxy.config import ProxyConfig, is_loopback
 from policyc.proxy.decide import Decider
 from policyc.proxy.holds import ApprovalBroker
@@ -60,6 +68,10 @@ from policyc.webhook import WebhookNotifier
 log = logging.getLogger("policyc.proxy")
 
 UTF8_NAMES = {"utf8", "utf-8", "unicode"}
+TOO_MANY_CONNECTIONS = "53300"
+LOGIN_TIMEOUT_SQLSTATE = "57014"  # PostgreSQL's own "canceling authentication due to timeout"
+EARLY_RECORD_INTERVAL = 1.0  # seconds: refusals before a startup packet are recorded this often
+CLIENT_READ_LIMIT = 128 << 10  # a client's StreamReader pauses its socket past twice this
 IGNORED_STARTUP = {"user", "database", "options", "application_name", "client_encoding"}
 
 
@@ -70,6 +82,19 @@ class LoginRefused(PolicycError):
         super().__init__(message)
         self.reason = reason
         self.sqlstate = sqlstate
+
+
+class _LoginTimedOut(Exception):
+    """The login deadline passed before the client sent a StartupMessage."""
+
+
+@dataclass
+class _Slot:
+    """One client connection's share of the caps, given back once when it ends."""
+
+    pending: bool = True
+    agent: str | None = None
+    group: str | None = None
 
 
 @dataclass
@@ -90,6 +115,14 @@ class ProxyServer:
     approvals: ApprovalBroker | None = None
     _server: asyncio.base_events.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # the caps' counters (docs/limits.md); changed only on the event loop, never across an await
+    _open: int = 0
+    _pending: int = 0
+    _agents: Counter[str] = field(default_factory=Counter)
+    _groups: Counter[str] = field(default_factory=Counter)
+    _agent_groups: Counter[tuple[str, str]] = field(default_factory=Counter)
+    _refused: Counter[str] = field(default_factory=Counter)
+    _early_recorded: dict[str, float] = field(default_factory=dict)
 
     async def start(self) -> None:
         policy = self.config.policy
@@ -112,8 +145,19 @@ class ProxyServer:
             await self.approvals.start()
         self._ssl = self.config.server_ssl_context()
         self._server = await asyncio.start_server(
-            self._accept, self.config.listen_host, self.config.listen_port, limit=1 << 20
+            self._accept, self.config.listen_host, self.config.listen_port,
+            limit=CLIENT_READ_LIMIT,
         )
+
+    def connection_counts(self) -> dict[str, int]:
+        """The caps' counters now: open connections, those not yet authenticated, sessions
+        per agent (``agent:NAME``) and per group (``group:NAME``), and refusals by reason
+        (``refused:REASON``)."""
+        counts = {"open": self._open, "pending": self._pending}
+        counts.update({f"agent:{k}": v for k, v in self._agents.items() if v})
+        counts.update({f"group:{k}": v for k, v in self._groups.items() if v})
+        counts.update({f"refused:{k}": v for k, v in self._refused.items()})
+        return counts
 
     @property
     def port(self) -> int:
@@ -142,13 +186,27 @@ class ProxyServer:
     # ---- connections -------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # one login deadline from accept: TLS and GSSENC negotiation, the startup packet, the
+        # password and its verification all fit in it, and no retry starts it again
+        deadline = asyncio.get_running_loop().time() + self.config.login_timeout
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        slot: _Slot | None = None
         try:
-            await self._connection(reader, writer)
+            admitted = self._admit()
+            if isinstance(admitted, LoginRefused):
+                _send_and_close(writer, error_response(admitted.sqlstate, str(admitted),
+                                                       severity="FATAL"))
+                await self._record_early_refusal(admitted, writer)
+                return
+            slot = admitted
+            await self._connection(reader, writer, slot, deadline)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
+        except _LoginTimedOut:  # the deadline passed before a StartupMessage was read
+            _send_and_close(writer, error_response(
+                LOGIN_TIMEOUT_SQLSTATE, "policyc: login timed out", severity="FATAL"))
         except ProtocolViolation as exc:
             _send_and_close(writer, error_response(exc.sqlstate, str(exc), severity="FATAL"))
         except Exception as exc:  # one bad connection never takes the proxy down
@@ -156,10 +214,87 @@ class ProxyServer:
             _send_and_close(writer, error_response(
                 "XX000", "policyc: internal error", severity="FATAL"))
         finally:
+            if slot is not None:
+                self._release(slot)
             with contextlib.suppress(Exception):
                 writer.close()
             if task is not None:
                 self._tasks.discard(task)
+
+    # ---- caps --------------------------------------------------------------------------
+
+    def _admit(self) -> _Slot | LoginRefused:
+        """A slot for a new connection, or why it is refused (total and pending caps)."""
+        config = self.config
+        if config.max_connections and self._open >= config.max_connections:
+            return self._refusal("too_many_connections",
+                                 "policyc: too many connections to this proxy "
+                                 f"(limit {config.max_connections}); try again later")
+        if config.max_pending_logins and self._pending >= config.max_pending_logins:
+            return self._refusal("too_many_pending_logins",
+                                 "policyc: too many connections waiting to log in "
+                                 f"(limit {config.max_pending_logins}); try again later")
+        self._open += 1
+        self._pending += 1
+        return _Slot()
+
+    def _refusal(self, reason: str, message: str) -> LoginRefused:
+        self._refused[reason] += 1
+        return LoginRefused(reason, message, TOO_MANY_CONNECTIONS)
+
+    def _authenticated(self, slot: _Slot, agent: str, group: Group) -> None:
+        """Count the session against its agent's and group's caps, or refuse it (53300).
+
+        Checked and counted with no await in between, so concurrent logins cannot all pass.
+        """
+        per_proxy = self.config.max_sessions_per_agent
+        per_group_agent = group.limits.connections_per_agent
+        per_group = group.limits.connections
+        if per_proxy and self._agents[agent] >= per_proxy:
+            raise self._refusal("too_many_connections",
+                                "policyc: too many sessions for this agent "
+                                f"(limit {per_proxy}); close one first")
+        if per_group_agent and self._agent_groups[agent, group.name] >= per_group_agent:
+            raise self._refusal("too_many_connections",
+                                f"policyc: too many sessions for this agent in group "
+                                f"{group.name} (limit {per_group_agent}); close one first")
+        if per_group and self._groups[group.name] >= per_group:
+            raise self._refusal("too_many_connections",
+                                f"policyc: too many sessions for group {group.name} "
+                                f"(limit {per_group}); try again later")
+        slot.pending = False
+        self._pending -= 1
+        slot.agent, slot.group = agent, group.name
+        self._agents[agent] += 1
+        self._agent_groups[agent, group.name] += 1
+        self._groups[group.name] += 1
+
+    def _release(self, slot: _Slot) -> None:
+        self._open -= 1
+        if slot.pending:
+            self._pending -= 1
+        if slot.agent is not None and slot.group is not None:
+            _decrement(self._agents, slot.agent)
+            _decrement(self._groups, slot.group)
+            _decrement(self._agent_groups, (slot.agent, slot.group))
+            slot.agent = slot.group = None
+
+    async def _record_early_refusal(self, refused: LoginRefused,
+                                    writer: asyncio.StreamWriter) -> None:
+        """Record a refusal made before any startup packet was read, at most once a second
+        per reason (a flood must not turn into as many audit rows); the rest are counted."""
+        now = time.monotonic()
+        last = self._early_recorded.get(refused.reason)
+        if self.audit is None or (last is not None and now - last < EARLY_RECORD_INTERVAL):
+            return
+        self._early_recorded[refused.reason] = now
+        log.warning("refusing connections: %s (%d so far)", refused.reason,
+                    self._refused[refused.reason])
+        peer = writer.get_extra_info("peername") or ("", 0)
+        await self.audit.refuse_session(SessionRecord(
+            session_id=uuid.uuid4(), started_at=time.time(), outcome="refused",
+            reason=refused.reason, client_addr=str(peer[0]) if peer else None,
+            client_port=int(peer[1]) if peer else None, proxy=self.config.proxy_name))
 
     async def _read_frames(self, reader: asyncio.StreamReader,
                            framer: FrontendFramer) -> list[Any]:
@@ -171,42 +306,55 @@ class ProxyServer:
             if frames:
                 return frames
 
-    async def _connection(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          slot: _Slot, deadline: float) -> None:
         peer = writer.get_extra_info("peername") or ("", 0)
-        client_addr, client_port = (str(peer[0]), int(peer[1])) if peer else ("", 0)
-        framer = FrontendFramer(max_length=self.config.max_message_bytes)
-        tls = False
+        client_addr, client_port = (str(peer[0]) if peer else "", int(peer[1]) if peer else 0)
+        framer = self._login_framer()
+        tls = ssl_asked = gss_asked = False
         while True:
-            frames = await asyncio.wait_for(self._read_frames(reader, framer),
-                                            self.config.login_timeout)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    frames = await self._read_frames(reader, framer)
+            except TimeoutError:
+                raise _LoginTimedOut from None
             message = decode_startup(frames[0])
             if isinstance(message, SSLRequest):
-                if tls or framer.pending or len(frames) > 1:
+                if ssl_asked or framer.pending or len(frames) > 1:
                     raise ProtocolViolation("unexpected data after SSLRequest")
+                ssl_asked = True
                 if self._ssl is None:
                     writer.write(encryption_response(False))
                 else:
                     writer.write(encryption_response(True))
-                    await writer.drain()
-                    await writer.start_tls(self._ssl)
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            await writer.drain()
+                            await writer.start_tls(self._ssl)
+                    except TimeoutError:
+                        raise _LoginTimedOut from None
                     tls = True
-                framer = FrontendFramer(max_length=self.config.max_message_bytes)
+                framer = self._login_framer()
                 continue
             if isinstance(message, GSSENCRequest):
-                if framer.pending or len(frames) > 1:
+                # as PostgreSQL: at most one, and none once TLS is on
+                if gss_asked or tls or framer.pending or len(frames) > 1:
                     raise ProtocolViolation("unexpected data after GSSENCRequest")
+                gss_asked = True
                 writer.write(encryption_response(False, gss=True))
-                framer = FrontendFramer(max_length=self.config.max_message_bytes)
+                framer = self._login_framer()
                 continue
             if isinstance(message, CancelRequest):
                 await self._cancel(message)
                 return
             assert isinstance(message, StartupMessage)
-            rest = b"".join(f.raw for f in frames[1:]) + framer.take_pending()
-            await self._login(message, reader, writer, framer, rest, tls,
+            await self._login(message, reader, writer, framer, frames[1:], slot, deadline, tls,
                               client_addr, client_port)
             return
+
+    def _login_framer(self) -> LoginFramer:
+        """Startup packets (10 kB), then the password message (``max_password_bytes``)."""
+        return LoginFramer({b"p": self.config.max_password_bytes + 4})
 
     async def _cancel(self, message: CancelRequest) -> None:
         live = self.sessions.get(message.pid)
@@ -253,8 +401,9 @@ class ProxyServer:
         return forwarded, requested
 
     async def _login(self, startup: StartupMessage, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter, framer: FrontendFramer, rest: bytes,
-                     tls: bool, client_addr: str, client_port: int) -> None:
+                     writer: asyncio.StreamWriter, framer: LoginFramer, early: list[Frame],
+                     slot: _Slot, deadline: float, tls: bool, client_addr: str,
+                     client_port: int) -> None:
         assert self.audit is not None and self.verifier is not None and self.decider is not None
         session_id = uuid.uuid4()
         started = time.time()
@@ -274,23 +423,30 @@ class ProxyServer:
                 raise LoginRefused("wrong_database",
                                    f'policyc: database "{database}" is not served here', "3D000")
             settings, requested = self._settings(startup)
-            writer.write(AUTHENTICATION_CLEARTEXT_PASSWORD)
-            await writer.drain()
-            frames = await asyncio.wait_for(self._read_frames(reader, framer),
-                                            self.config.login_timeout)
-            if frames[0].type != b"p":
-                raise ProtocolViolation("expected a password message")
-            password = decode_frontend(frames[0])
-            assert isinstance(password, PasswordMessage)
-            token = decode_password(password)
             try:
-                identity = await self.verifier.verify_async(token)
-                if not matches_user(identity, user):
-                    raise AuthenticationFailed("user_mismatch")
-                group = resolve_group(self.config.policy, identity.groups, requested)
-            except AuthenticationFailed as exc:
-                raise LoginRefused(exc.reason, "policyc: authentication failed", "28P01") from None
-            rest = b"".join(f.raw for f in frames[1:]) + framer.take_pending() + rest
+                async with asyncio.timeout_at(deadline):
+                    writer.write(AUTHENTICATION_CLEARTEXT_PASSWORD)
+                    await writer.drain()
+                    frames = early or await self._read_frames(reader, framer)
+                    password = decode_frontend(frames[0])
+                    assert isinstance(password, PasswordMessage)  # the framer reads only 'p'
+                    token = decode_password(password)
+                    try:
+                        identity = await self.verifier.verify_async(token)
+                        if not matches_user(identity, user):
+                            raise AuthenticationFailed("user_mismatch")
+                        group = resolve_group(self.config.policy, identity.groups, requested)
+                    except AuthenticationFailed as exc:
+                        raise LoginRefused(exc.reason, "policyc: authentication failed",
+                                           "28P01") from None
+            except TimeoutError:
+                raise LoginRefused("login_timeout", "policyc: login timed out",
+                                   LOGIN_TIMEOUT_SQLSTATE) from None
+            self._authenticated(slot, identity.subject, group)
+            # what the client sent behind its password is framed with the session's limits
+            rest = framer.take_pending()
+            session_framer = FrontendFramer(max_length=self.config.max_message_bytes,
+                                            startup=False)
             for name in TIMEOUTS & settings.keys():
                 if setting_value_reason(name, (settings[name],), group) is not None:
                     raise LoginRefused("bad_setting", f"policyc: {name} may only be lowered "
@@ -298,6 +454,10 @@ class ProxyServer:
             try:
                 upstream = await connect(self.config.upstream, group.name, settings)
             except UpstreamError as exc:
+                if exc.sqlstate == TOO_MANY_CONNECTIONS:  # the role's CONNECTION LIMIT, or
+                    raise self._refusal(  # the server's max_connections
+                        "too_many_connections", "policyc: the database refused the session: "
+                        "too many connections for this group or server") from exc
                 raise LoginRefused("upstream_refused",
                                    "policyc: the database refused the session",
                                    "08004") from exc
@@ -332,7 +492,8 @@ class ProxyServer:
         await writer.drain()
         session = Session(session_id=session_id, identity=identity, group=group,
                           decider=self.decider, audit=self.audit, upstream=upstream,
-                          client_reader=reader, client_writer=writer, client_framer=framer,
+                          client_reader=reader, client_writer=writer,
+                          client_framer=session_framer,
                           results=self.config.policy.audit.results,
                           results_limit=self.config.policy.audit.results_limit_bytes,
                           approvals=self.approvals,
@@ -358,6 +519,12 @@ def _webhook(policy: Any) -> Any:
     if settings is None:
         return None
     return WebhookNotifier(settings)
+
+
+def _decrement(counter: Counter[Any], key: Any) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 def _send_and_close(writer: asyncio.StreamWriter, data: bytes) -> None:

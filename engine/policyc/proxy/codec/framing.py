@@ -14,6 +14,7 @@ client sent after it must not be read in clear (CVE-2021-23214), so the caller c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from policyc.proxy.codec._wire import BYTE, INT32, ProtocolViolation
@@ -188,10 +189,11 @@ class FrontendFramer(_Framer):
         self._startup = False
         self._need = 0
 
-    def _scan(self, data: bytes, frames: list[Frame]) -> tuple[int, int]:
+    def _scan_startup(self, data: bytes, frames: list[Frame]) -> tuple[int, int]:
+        """Frame untyped startup packets; (bytes used, bytes needed), where a need of -1 means
+        the StartupMessage was framed and typed messages may follow at the position."""
         pos = 0
         end = len(data)
-        limits = self._limits
         unpack = INT32.unpack_from
         while self._startup:
             if end - pos < 4:
@@ -212,6 +214,17 @@ class FrontendFramer(_Framer):
                 return pos, 0  # nothing may be read in clear after these
             if code >> 16 == 3:
                 self._startup = False
+        return pos, -1
+
+    def _scan(self, data: bytes, frames: list[Frame]) -> tuple[int, int]:
+        pos = 0
+        end = len(data)
+        limits = self._limits
+        unpack = INT32.unpack_from
+        if self._startup:
+            pos, need = self._scan_startup(data, frames)
+            if need >= 0:
+                return pos, need
         while end - pos >= 5:
             type_ = data[pos]
             length = unpack(data, pos + 1)[0]
@@ -224,6 +237,61 @@ class FrontendFramer(_Framer):
             frames.append(_new_frame(Frame, (BYTE[type_], data[pos:stop])))
             pos = stop
         return pos, 5
+
+
+class LoginFramer(FrontendFramer):
+    """Frames what a client may send before it is authenticated, and nothing else.
+
+    Untyped startup packets (each at most ``max_startup_length`` bytes, as
+    :class:`FrontendFramer`), then exactly one typed message of a type in ``allowed`` (the
+    password message), whose length is checked against its limit on the header, before any of
+    its body is buffered.  Any other type is refused on its type byte.  Framing stops after
+    that one message: whatever the client sent behind it stays pending, unread, until the
+    caller hands it (:meth:`take_pending`) to the session's own framer after authentication.
+    So an unauthenticated client can make the proxy buffer at most one read chunk beyond the
+    limits here, however large a message it announces.
+    """
+
+    __slots__ = ("_allowed", "_done")
+
+    def __init__(
+        self, allowed: Mapping[bytes, int], *, max_startup_length: int = MAX_STARTUP_LENGTH
+    ) -> None:
+        super().__init__(max(allowed.values(), default=0), max_startup_length=max_startup_length,
+                         type_limits={})
+        self._allowed = dict(allowed)
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        """True once the one typed message was framed (nothing more is framed)."""
+        return self._done
+
+    def _scan(self, data: bytes, frames: list[Frame]) -> tuple[int, int]:
+        pos = 0
+        if self._startup:
+            pos, need = self._scan_startup(data, frames)
+            if need >= 0:
+                return pos, need
+        if self._done:
+            return pos, 0
+        end = len(data)
+        if end - pos < 5:
+            return pos, 5
+        type_ = BYTE[data[pos]]
+        limit = self._allowed.get(type_)
+        if limit is None:
+            raise ProtocolViolation(
+                f"message type {type_!r} is not allowed before authentication")
+        length = INT32.unpack_from(data, pos + 1)[0]
+        if length < 4 or length > limit:
+            raise _bad_length(type_, length, limit)
+        stop = pos + 1 + length
+        if stop > end:
+            return pos, 1 + length
+        frames.append(Frame(type_, data[pos:stop]))
+        self._done = True
+        return stop, 0
 
 
 def _bad_length(type_: bytes, length: int, limit: int) -> ProtocolViolation:
