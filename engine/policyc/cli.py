@@ -118,6 +118,14 @@ def cmd_apply(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _count(text: str) -> int:
+    """A non-negative integer command-line value."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
     import asyncio
     import logging
@@ -139,6 +147,9 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
         spool_dir=Path(args.spool) if args.spool else None,
         max_message_bytes=args.max_message_bytes,
         proxy_name=args.name, checkpoint_interval=args.checkpoint_interval,
+        max_connections=args.max_connections, max_pending_logins=args.max_pending_logins,
+        max_sessions_per_agent=args.max_sessions_per_agent,
+        max_password_bytes=args.max_password_bytes, login_timeout=args.login_timeout,
     )
     if config.tls_cert is None and not config.allow_plaintext_loopback:
         print("policyc proxy: give --tls-cert/--tls-key (agents send tokens as passwords), or "
@@ -259,6 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "~/.local/state)/policyc/spool/DB-HOST-PORT; see docs/spool.md)")
     proxy.add_argument("--max-message-bytes", type=int, default=64 << 20,
                        help="largest protocol message accepted from a client")
+    proxy.add_argument("--max-connections", type=_count, default=1000, metavar="N",
+                       help="client connections at once, logged in or not (default 1000; "
+                       "0: no cap); more are refused with 53300 (docs/limits.md)")
+    proxy.add_argument("--max-pending-logins", type=_count, default=64, metavar="N",
+                       help="connections not yet authenticated (default 64; 0: no cap)")
+    proxy.add_argument("--max-sessions-per-agent", type=_count, default=20, metavar="N",
+                       help="sessions of one agent (token subject) at once, all groups "
+                       "(default 20; 0: no cap); a group's limits.connections_per_agent "
+                       "applies too")
+    proxy.add_argument("--max-password-bytes", type=_count, default=16 << 10, metavar="N",
+                       help="largest password message (the token) read before login "
+                       "(default 16384)")
+    proxy.add_argument("--login-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="from connect to a verified token, whatever the client does "
+                       "(default 30)")
     proxy.add_argument("--name", default="policyc-proxy", help="this proxy's name in the audit")
     proxy.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="SECONDS",
                        help="seal the audit trail this often (audit.checkpoint(); default 60, "
