@@ -17,7 +17,13 @@ import psycopg
 
 from policyc import RUNTIME_VERSION
 from policyc.catalog import Catalog, observe_all, snapshot, without_jit
-from policyc.compiler import Compiled, DesiredObject, compile_policy, policy_tables
+from policyc.compiler import (
+    Compiled,
+    DesiredObject,
+    compile_policy,
+    policy_tables,
+    unmanaged_timeouts,
+)
 from policyc.compiler.objects import FAMILIES, KIND_ORDER
 from policyc.errors import Problem
 from policyc.policy.model import ALL_COLUMNS, Columns, Policy, TableName
@@ -87,7 +93,28 @@ def observe(
             recorded={key: entry.observed for key, entry in catalog.ledger.items()},
             refresh=refresh,
         )
+    for group in policy.groups:
+        key = f"role:{group.name}"
+        if key in observed:
+            observed[key] = _without_settings(observed[key], unmanaged_timeouts(group))
     return dataclasses.replace(catalog, observed=observed, extra_privileges=extra)
+
+
+SETTINGS_MARKER = "\nsettings:"
+"""Where a role's observation (sql/catalog/observe_roles.sql) lists its settings, one a line."""
+
+
+def _without_settings(observation: str, names: tuple[str, ...]) -> str:
+    """A role's observation without the lines of the settings ``names`` (a timeout the policy
+    leaves to the DBA is theirs to set or change by hand: no drift)."""
+    head, marker, settings = observation.partition(SETTINGS_MARKER)
+    if not marker or not names:
+        return observation
+    kept = [
+        line for line in settings.split("\n")
+        if line.removeprefix("db:").partition("=")[0] not in names
+    ]
+    return head + marker + "\n".join(kept)
 
 
 def load_catalog(conn: psycopg.Connection[Any], policy: Policy) -> Catalog:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 from policyc import RUNTIME_VERSION, runtime
 from policyc.catalog import (
@@ -86,6 +87,35 @@ def _runtime_objects(policy: Policy, catalog: Catalog) -> list[DesiredObject]:
     return objects
 
 
+TIMEOUT_SETTINGS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+"""The timeouts a policy may set on a group role (``limits``); those it does not set are the
+DBA's: apply neither sets nor resets them, and plan does not report them as drift."""
+
+
+def unmanaged_timeouts(group: Group) -> tuple[str, ...]:
+    """The timeouts the group's policy leaves to the DBA."""
+    managed = group.limits.timeouts()
+    return tuple(name for name in TIMEOUT_SETTINGS if name not in managed)
+
+
+def group_role_settings(group: Group) -> dict[str, Any]:
+    """The group role template's limits: CONNECTION LIMIT (-1: none) and the timeouts to set
+    (``'Ns'``)."""
+    limits = group.limits
+    return {
+        "connection_limit": limits.connections if limits.connections is not None else -1,
+        "timeouts": [(name, f"{seconds}s") for name, seconds in limits.timeouts().items()],
+    }
+
+
+def _kept_timeouts(group: Group, catalog: Catalog) -> str:
+    """The timeouts an update of the group's role leaves as they are: those the policy does
+    not set, unless the last apply set them (then they were the policy's, and go)."""
+    entry = catalog.ledger.get(f"role:{group.name}")
+    before = set(entry.semantic.get("timeouts", ())) if entry is not None else set()
+    return ",".join(name for name in unmanaged_timeouts(group) if name not in before)
+
+
 def _group_objects(
     policy: Policy, catalog: Catalog, group: Group, problems: _Problems
 ) -> list[DesiredObject]:
@@ -106,14 +136,18 @@ def _group_objects(
         "comment": comment,
         "service_role": policy.proxy.service_role,
     }
+    role_context = {**context, **group_role_settings(group)}
     objects = [
         DesiredObject(
             key=f"role:{role}",
             family="roles",
-            create=Template("group_role.sql.j2", create=True, **context),
-            update=Template("group_role.sql.j2", create=False, **context),
+            create=Template("group_role.sql.j2", create=True, **role_context),
+            # (only the create SQL is hashed: what the update keeps may depend on the ledger)
+            update=Template("group_role.sql.j2", create=False,
+                            keep=_kept_timeouts(group, catalog), **role_context),
             drop=Template("group_role_drop.sql.j2", role=role),
-            semantic={"login": True, "group": group.name},
+            semantic={"login": True, "group": group.name,
+                      "timeouts": sorted(group.limits.timeouts())},
         ),
         DesiredObject(
             key=f"schema:{schema}",

@@ -9,20 +9,23 @@ CREATE ROLE "policyc_auditor" NOLOGIN NOINHERIT;
 CREATE ROLE "policyc_proxy" LOGIN INHERIT;
 
 -- role:billing
-CREATE ROLE "billing" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
+CREATE ROLE "billing" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT -1;
 ALTER ROLE "billing" SET search_path = "billing";
+ALTER ROLE "billing" SET track_activities = off;
 COMMENT ON ROLE "billing" IS 'policyc group billing of database clinic';
 SELECT policyc._copy_credential('billing', 'policyc_proxy');
 
 -- role:research
-CREATE ROLE "research" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
+CREATE ROLE "research" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT -1;
 ALTER ROLE "research" SET search_path = "research";
+ALTER ROLE "research" SET track_activities = off;
 COMMENT ON ROLE "research" IS 'policyc group research of database clinic';
 SELECT policyc._copy_credential('research', 'policyc_proxy');
 
 -- role:clinician
-CREATE ROLE "clinician" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
+CREATE ROLE "clinician" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT -1;
 ALTER ROLE "clinician" SET search_path = "clinician";
+ALTER ROLE "clinician" SET track_activities = off;
 COMMENT ON ROLE "clinician" IS 'policyc group clinician of database clinic';
 SELECT policyc._copy_credential('clinician', 'policyc_proxy');
 
