@@ -41,11 +41,12 @@ SELECT dblink_exec('drop table t')
 SELECT query_to_xml('select * from patients', true, true, '')
 => select[dynamic_sql] blocked
 
+# sleeping and advisory locks hold a backend without end: side-effect functions (registry)
 SELECT pg_sleep(10)
-=> select[sleep] allowed
+=> select[sleep] blocked
 
 SELECT 1 FROM patients WHERE pg_sleep_for('1 minute') IS NULL
-=> select[sleep] allowed
+=> select[sleep] blocked
 
 SELECT pg_terminate_backend(pid) FROM pg_stat_activity
 => select[system_admin] blocked
@@ -76,7 +77,7 @@ INSERT INTO claims (code) VALUES (pg_read_file('x'))
 => insert[file_access] blocked
 
 SELECT id FROM claims ORDER BY pg_sleep(0.1)
-=> select[sleep] allowed
+=> select[sleep] blocked
 
 CREATE TABLE x (a text DEFAULT pg_read_file('/etc/passwd'))
 => ddl[ddl,file_access] blocked
@@ -91,4 +92,61 @@ SELECT pg_notify('c', 'p')
 => select[] blocked
 
 SELECT pg_advisory_lock(1)
+=> select[] blocked
+
+# the allow-list (issue #11 class 2): functions that run SQL given as text, read other
+# sessions' activity, files or administration are refused; unknown names are refused
+SELECT ts_stat('SELECT pg_terminate_backend(pid) FROM pg_stat_activity')
+=> select[] blocked
+
+SELECT * FROM ts_stat('SELECT to_tsvector(notes) FROM visits')
+=> select[] blocked
+
+SELECT pg_stat_get_activity(NULL)
+=> select[] blocked
+
+SELECT pg_catalog.pg_lock_status()
+=> select[] blocked
+
+SELECT pg_relation_size('patients')
+=> select[] blocked
+
+SELECT no_such_function(1)
+=> select[] blocked
+
+SELECT "LOWER"('x')
+=> select[] blocked
+
+SELECT public.anything()
+=> select[] blocked
+
+SELECT lower(full_name), count(*), now(), coalesce(NULL, 1), jsonb_build_object('a', 1) FROM patients GROUP BY 1
+=> select[] masked
+
+SELECT policyc.claim('clinic_id'), policyc.agent(), policyc.session_id()
+=> select[] allowed
+
+SELECT policyc.mask_hash('x')
+=> select[] blocked
+
+SELECT pg_catalog.current_setting('TimeZone'), pg_backend_pid(), format_type(23, NULL)
+=> select[] allowed
+
+# catalog relations: what drivers and psql read, never other sessions' activity or stats
+SELECT * FROM pg_stat_activity
+=> select[] blocked
+
+SELECT pid, relation FROM pg_catalog.pg_locks
+=> select[] blocked
+
+SELECT * FROM pg_stats WHERE tablename = 'patients'
+=> select[] blocked
+
+WITH pg_locks AS (SELECT 1 AS pid) SELECT * FROM pg_locks
+=> select[] blocked
+
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+=> select[] allowed
+
+SELECT column_name FROM information_schema.columns WHERE table_name = 'patients'
 => select[] allowed

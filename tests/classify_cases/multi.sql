@@ -15,7 +15,7 @@ BEGIN; DELETE FROM claims; COMMIT;
 /* and a block comment; with a semicolon */ SELECT 'ünïcødé; 日本語' AS "naïve" -- trailing; comment
 ;
 SELECT pg_sleep(0) /* ; */ ; SELECT 'Ω'
-=> select[] allowed | select[sleep] allowed | select[] allowed
+=> select[] allowed | select[sleep] blocked | select[] allowed
 
 SELECT E'it''s; fine', $tag$ ; DROP TABLE x; $tag$
 => select[] allowed

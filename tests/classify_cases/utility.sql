@@ -35,7 +35,7 @@ PREPARE q AS SELECT ssn FROM patients WHERE id = $1
 => prepare[] masked
 
 PREPARE d (int) AS DELETE FROM t
-=> prepare[delete_all] needs_approval
+=> prepare[delete_all] blocked
 
 EXECUTE q(1)
 => execute[] allowed

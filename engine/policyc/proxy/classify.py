@@ -136,6 +136,9 @@ class StatementInfo:
     # None for RESET / DEFAULT, or NOT_CONSTANT; empty for anything but SET/RESET
     values: tuple[str | None, ...] = ()
     holdable: bool = False  # DECLARE ... WITH HOLD: the cursor outlives its transaction
+    # every function the statement calls, as written: (schema or "", name as the parser
+    # gives it: unquoted names folded to lower case, quoted ones exact)
+    calls: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def tables_without_ctes(self) -> frozenset[TableName]:
@@ -338,6 +341,7 @@ class _Collector:
 
     __slots__ = (
         "aliases",
+        "calls",
         "column_refs",
         "ctes",
         "direct_columns",
@@ -356,6 +360,7 @@ class _Collector:
         self.functions: set[str] = set()
         self.ctes: set[str] = set()
         self.direct_columns: set[ColumnUse] = set()
+        self.calls: set[tuple[str, str]] = set()
 
     def range_var(self, node: JsonNode) -> None:
         table = TableName(str(node.get("schemaname", UNQUALIFIED)), str(node["relname"]))
@@ -366,9 +371,14 @@ class _Collector:
             self.aliases.setdefault(str(alias["aliasname"]), set()).add(table)
 
     def function(self, node: JsonNode) -> None:
-        parts = names(node.get("funcname"))
+        written = node.get("funcname")
+        parts = names(written)
         if not parts:
             return
+        if isinstance(written, list) and len(parts) == len(written) and len(parts) <= 2:
+            self.calls.add((parts[0] if len(parts) == 2 else UNQUALIFIED, parts[-1]))
+        else:  # a catalog-qualified name or a shape not understood: judged as unknown
+            self.calls.add((".".join(parts[:-1]) or "?", parts[-1]))
         name = parts[-1].lower()
         self.functions.add(name)
         risks = function_risks(name)
@@ -573,6 +583,7 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
         name=name,
         values=values,
         holdable=node == "DeclareCursorStmt" and bool(int(body.get("options", 0)) & _CURSOR_HOLD),
+        calls=frozenset(collector.calls),
     )
 
 

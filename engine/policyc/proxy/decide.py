@@ -25,6 +25,7 @@ from pglast import parser as pg_parser
 
 from policyc.policy.model import Group, Policy
 from policyc.proxy.classify import Classification, ClassifierCache, Scope, fingerprint
+from policyc.proxy.registry import Registry
 from policyc.proxy.verdict import Verdict, decide_all
 
 #: Longest text kept in a cache (exact text or shape).
@@ -93,8 +94,10 @@ def combined_scope(scopes: list[Scope]) -> Scope:
 class Decider:
     """Shared by every session of a proxy; bounded."""
 
-    def __init__(self, policy: Policy, max_statement_bytes: int, maxsize: int = 20_000) -> None:
+    def __init__(self, policy: Policy, max_statement_bytes: int, maxsize: int = 20_000,
+                 registry: Registry | None = None) -> None:
         self.policy = policy
+        self.registry = registry
         self.classifier = ClassifierCache(maxsize, max_length=max_statement_bytes)
         self._cache: OrderedDict[tuple[str, str], Decision] = OrderedDict()
         self._shapes: OrderedDict[tuple[str, str], Decision] = OrderedDict()
@@ -112,7 +115,7 @@ class Decider:
         if shaped is not None:
             return shaped
         classification = self.classifier.classify(sql)
-        verdicts = decide_all(classification, group, self.policy)
+        verdicts = decide_all(classification, group, self.policy, self.registry)
         if classification.error is None:
             print_ = fingerprint(sql)
         else:  # do not parse refused text again

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -30,6 +31,15 @@ def _params_key(parameters: Any) -> str:
     return json.dumps(parameters, sort_keys=True, separators=(",", ":"))
 
 
+def _approval_key(agent: str, group: str, statement: str,
+                  parameters: Any) -> tuple[str, str, str, str]:
+    """What an approval covers: the agent, its group, the exact statement text and the exact
+    parameter values (never a fingerprint: it ignores literals, so an approval of ``LIMIT 1``
+    would cover ``LIMIT 1000000``)."""
+    digest = hashlib.sha256(statement.encode("utf-8", "surrogatepass")).hexdigest()
+    return agent, group, digest, _params_key(parameters)
+
+
 class ApprovalBroker:
     def __init__(self, conninfo: str, proxy_name: str, notifier: Any = None) -> None:
         self._conninfo = conninfo
@@ -42,7 +52,7 @@ class ApprovalBroker:
         self._listening = asyncio.Event()
         # approvals in force, learnt at start and from every "approved" notification, so the
         # hot path can lift a row limit without a database round trip
-        self._valid: dict[tuple[str, str, str], tuple[int, float]] = {}
+        self._valid: dict[tuple[str, str, str, str], tuple[int, float]] = {}
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen())
@@ -106,19 +116,21 @@ class ApprovalBroker:
 
     async def _load_valid(self, request_id: int | None = None) -> None:
         rows = await self._fetch_all(
-            "SELECT id, agent, fingerprint, parameters, extract(epoch FROM valid_until) "
+            "SELECT id, agent, group_name, statement, parameters, "
+            "extract(epoch FROM valid_until) "
             "FROM audit.approvals WHERE status = 'approved' AND valid_until > now()"
             + (" AND id = %s" if request_id is not None else ""),
             (request_id,) if request_id is not None else ())
-        for found, agent, fingerprint, parameters, until in rows:
-            key = (agent, fingerprint, _params_key(parameters))
+        for found, agent, group, statement, parameters, until in rows:
+            key = _approval_key(agent, group, statement, parameters)
             self._valid[key] = (int(found), float(until))
 
-    def cached(self, agent: str, fingerprint: str, parameters: Any) -> int | None:
-        """An approval in force for this agent, statement and parameters, from memory."""
+    def cached(self, agent: str, group: str, statement: str, parameters: Any) -> int | None:
+        """An approval in force for this agent, group, exact statement and parameters, from
+        memory."""
         if not self._valid:
             return None
-        key = (agent, fingerprint, _params_key(parameters))
+        key = _approval_key(agent, group, statement, parameters)
         found = self._valid.get(key)
         if found is None:
             return None
@@ -156,10 +168,16 @@ class ApprovalBroker:
                                    (request_id,))
         self._deliver(json.dumps({"id": request_id, "status": status}))
 
-    async def find(self, agent: str, fingerprint: str, parameters: Any) -> int | None:
-        """An approval still valid for this agent, statement and parameters."""
-        found = await self._query("SELECT audit.find_approval(%s, %s, %s)",
-                                  (agent, fingerprint, Jsonb(parameters)))
+    async def find(self, agent: str, group: str, statement: str,
+                   parameters: Any) -> int | None:
+        """An approval still valid for this agent and group, the exact statement text and
+        the exact parameter values (see :func:`_approval_key`)."""
+        found = await self._query(
+            "SELECT id FROM audit.approvals WHERE status = 'approved' AND agent = %s "
+            "AND group_name = %s AND statement = %s "
+            "AND parameters IS NOT DISTINCT FROM NULLIF(%s::jsonb, 'null'::jsonb) "
+            "AND valid_until > now() ORDER BY decided_at DESC, id DESC LIMIT 1",
+            (agent, group, statement, Jsonb(parameters)))
         return int(found) if found is not None else None
 
     async def request(self, *, session_id: uuid.UUID, agent: str, human: str | None, group: str,

@@ -76,6 +76,12 @@ class Wait(Generic[T]):
 
 
 @dataclass(frozen=True)
+class WaitAnswers:
+    """Ask again once the server has answered every earlier batch (a transaction end may be
+    on its way that drops the portal this name still holds in the proxy's belief)."""
+
+
+@dataclass(frozen=True)
 class Refuse:
     sqlstate: str
     message: str
@@ -101,8 +107,10 @@ class NameBook(Generic[T]):
 
     # ---- creating ------------------------------------------------------------------------
 
-    def check_create(self, name: str, batch: int) -> Refuse | Wait[T] | None:
-        """May a creation of ``name`` be sent now?  None: yes."""
+    def check_create(self, name: str, batch: int,
+                     answered: int) -> Refuse | Wait[T] | WaitAnswers | None:
+        """May a creation of ``name`` be sent now (``answered``: the last batch the server
+        has answered)?  None: yes."""
         slot = self.slots.get(name)
         if slot is None:
             return None
@@ -111,6 +119,8 @@ class NameBook(Generic[T]):
         if name == "":
             return None  # the unnamed statement and portal are replaced silently
         if slot.state == "ok" and not slot.closing:
+            if self.kind == "portal" and not slot.holdable and answered < batch - 1:
+                return WaitAnswers()
             return Refuse(*self._duplicate(name))
         # pending or closing in this very batch, or unknown: the server decides, and its
         # answer (success or failure) says what the name holds

@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
+
 from policyc.errors import PolicycError
 from policyc.identity import (
     AgentIdentity,
@@ -60,12 +62,23 @@ from policyc.proxy.config import ProxyConfig, is_loopback
 from policyc.proxy.decide import Decider
 from policyc.proxy.holds import ApprovalBroker
 from policyc.proxy.records import SessionRecord
+from policyc.proxy.registry import registry_for_server_version
 from policyc.proxy.session import Session
 from policyc.proxy.upstream import UpstreamError, connect, send_cancel
 from policyc.proxy.verdict import PINNED, PINNED_STARTUP, SETTABLE, TIMEOUTS, setting_value_reason
 from policyc.webhook import WebhookNotifier
 
 log = logging.getLogger("policyc.proxy")
+
+
+async def _server_version_num(config: ProxyConfig) -> int:
+    """The upstream's ``server_version_num``, asked through the service role."""
+    async with await psycopg.AsyncConnection.connect(config.upstream.conninfo(),
+                                                     autocommit=True) as conn:
+        row = await (await conn.execute("SHOW server_version_num")).fetchone()
+    if row is None:
+        raise PolicycError("the database did not say its version")
+    return int(row[0])
 
 UTF8_NAMES = {"utf8", "utf-8", "unicode"}
 TOO_MANY_CONNECTIONS = "53300"
@@ -131,14 +144,17 @@ class ProxyServer:
         if self.verifier is None:
             keys = key_source_for(policy.identity.jwks, ".")
             self.verifier = TokenVerifier(policy.identity, keys)
-        if self.decider is None:
-            self.decider = Decider(policy, self.config.max_statement_bytes)
         if self.audit is None:
             self.audit = AuditLog(self.config.upstream.conninfo(), self.config.spool_path(),
                                   proxy_name=self.config.proxy_name,
                                   checkpoint_interval=self.config.checkpoint_interval,
                                   upstream=self.config.upstream)  # checks the spool's owner
             await self.audit.start()
+        if self.decider is None:
+            # the vetted functions and catalog relations of the server's own major: a
+            # server of a major nobody vetted is refused (RegistryError)
+            registry = registry_for_server_version(await _server_version_num(self.config))
+            self.decider = Decider(policy, self.config.max_statement_bytes, registry=registry)
         if self.approvals is None and policy.approvals.approvers:
             self.approvals = ApprovalBroker(self.config.upstream.conninfo(),
                                             self.config.proxy_name, _webhook(policy))

@@ -79,7 +79,7 @@ from policyc.proxy.codec import (
 )
 from policyc.proxy.codec.backend import command_rows
 from policyc.proxy.decide import Decider, Decision
-from policyc.proxy.names import Found, NameBook, Refuse, Slot, Wait
+from policyc.proxy.names import Found, NameBook, Refuse, Slot, Wait, WaitAnswers
 from policyc.proxy.records import SessionEnd, StatementOutcome, StatementRecord
 from policyc.proxy.results import ResultBudget, ResultCapture, not_kept_reason, with_formats
 from policyc.proxy.upstream import UpstreamSession
@@ -272,6 +272,8 @@ class Session:
     statements: NameBook[Prepared] = field(default_factory=lambda: NameBook("statement"))
     portals: NameBook[Portal] = field(default_factory=lambda: NameBook("portal"))
     _batch: int = 0  # client batches so far (each Sync or Query ends one)
+    _answered: int = -1  # the last batch the server has answered (ReadyForQuery)
+    _answer_waiters: list[Callable[[], None]] = field(default_factory=list)
     transaction_status: str = "I"
     end_reason: str = "client closed the connection"
     _error_sqlstate: str | None = None
@@ -464,7 +466,8 @@ class Session:
             # an approval of "EXECUTE name" would not say which statement name stood for
             if unit.limit is not None and self.approvals is not None and decision is not None \
                     and record.kind != "execute":
-                approved = self.approvals.cached(record.agent, decision.fingerprint, key)
+                approved = self.approvals.cached(record.agent, self.group.name,
+                                                 record.text, key)
                 if approved is not None:  # a human allowed this one: no row limit
                     unit.limit = None
                     unit.record = dataclasses.replace(record, decision="approved",
@@ -878,9 +881,12 @@ class Session:
         """None when a creation of ``name`` may be sent now; else the refusal (a name the
         server holds already).  Waits while an earlier batch's answer about it is due."""
         while True:
-            check = book.check_create(name, self._batch)
+            check = book.check_create(name, self._batch, self._answered)
             if isinstance(check, Wait):
                 await self._settle(check.slot, out)
+                continue
+            if isinstance(check, WaitAnswers):
+                await self._settle_batches(out)
                 continue
             return None if check is None else (check.sqlstate, check.message)
 
@@ -893,6 +899,16 @@ class Session:
                 await self._settle(found.slot, out)
                 continue
             return found
+
+    async def _settle_batches(self, out: list[bytes]) -> None:
+        """Send what is queued and wait until the server has answered every earlier batch."""
+        await self._flush(out)
+        wanted = self._batch - 1
+        while self._answered < wanted:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._answer_waiters.append(
+                lambda w=waiter: None if w.done() else w.set_result(None))  # type: ignore[misc]
+            await waiter
 
     async def _settle(self, slot: Slot[Any], out: list[bytes]) -> None:
         """Send what is queued (the earlier batch's Sync is in it or already sent, so the
@@ -932,7 +948,7 @@ class Session:
                 "approvers, so it was not run")
         await self._flush(out)
         agent = self.identity.subject
-        found = await self.approvals.find(agent, decision.fingerprint, parameters)
+        found = await self.approvals.find(agent, self.group.name, text, parameters)
         if found is not None:
             return int(found)
         if self.transaction_status in ("T", "E") and \
@@ -1225,8 +1241,13 @@ class Session:
                     self._finish(expect, sqlstate=self._error_sqlstate,
                                  note="not run: an earlier message in the pipeline failed")
                 self.transaction_status = chr(frame.raw[5])
-                if self.transaction_status == "I" and batch is not None:
-                    self.portals.transaction_ended(batch)
+                if batch is not None:
+                    if self.transaction_status == "I":
+                        self.portals.transaction_ended(batch)
+                    self._answered = batch
+                    waiters, self._answer_waiters = self._answer_waiters, []
+                    for wake in waiters:
+                        wake()
                 out.append(frame.raw)
             elif kind == b"S":
                 self._check_pinned(frame)

@@ -17,6 +17,7 @@ from typing import Final, Literal
 
 from policyc.policy.model import ColumnRef, Group, Mask, Policy, TableName
 from policyc.proxy.classify import ANY_TABLE, UNQUALIFIED, Classification, StatementInfo
+from policyc.proxy.registry import AGENT_CALLABLE, Registry, load_registry
 
 Decision = Literal["allowed", "masked", "blocked", "needs_approval"]
 
@@ -168,6 +169,16 @@ SHOWABLE: Final = SETTABLE | PINNED.keys() | frozenset(
     }
 )
 _PRINTABLE_SETTING = re.compile(r"^[a-z_][a-z0-9_.]{0,62}$")
+_PRINTABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+
+#: policyc's own functions an agent may call: the verified identity of its session.
+POLICYC_FUNCTIONS: Final = frozenset({"claim", "agent", "session_id"})
+#: Functions judged by their arguments elsewhere (SET-like), not by their registry class.
+_BY_ARGUMENTS: Final = frozenset({"set_config"})
+#: Schemas of the system catalog: relations there are judged by the registry's allow-list.
+CATALOG_SCHEMAS: Final = frozenset({"pg_catalog", "information_schema"})
+#: PostgreSQL major whose registry judges statements when the caller names none.
+DEFAULT_MAJOR: Final = 15
 
 
 # --------------------------------------------------------------------------- group index
@@ -278,8 +289,10 @@ def _phi_columns(
 # --------------------------------------------------------------------------- decisions
 
 
-def decide(info: StatementInfo, group: Group, policy: Policy) -> Verdict:
-    """The verdict for one statement run by an agent of ``group``."""
+def decide(info: StatementInfo, group: Group, policy: Policy,
+           registry: Registry | None = None) -> Verdict:
+    """The verdict for one statement run by an agent of ``group``; ``registry`` is the vetted
+    list of catalog functions and relations of the server's PostgreSQL major."""
     index = _index(group, policy)
     tables = _resolve_all(info, index)
     touched = _phi_columns(info, index, tables)
@@ -291,6 +304,8 @@ def decide(info: StatementInfo, group: Group, policy: Policy) -> Verdict:
         return Verdict(decision, reason, sqlstate, touched, tables, shapes)
 
     blocked = _blocked_reason(info, group)
+    if blocked is None:
+        blocked = catalog_reason(info, group, registry or load_registry(DEFAULT_MAJOR))
     if blocked is not None:
         return verdict("blocked", blocked)
     listed = info.risky & frozenset(group.approval.statements)
@@ -399,11 +414,61 @@ def timeout_ms(value: str) -> float | None:
     return None if factor is None else number * factor
 
 
+def catalog_reason(info: StatementInfo, group: Group, registry: Registry) -> str | None:
+    """Why the statement may not call one of its functions or read one of its catalog
+    relations (None: it may).  An allow-list: a pg_catalog function (unqualified names
+    resolve there first: agents cannot create functions, and their search_path is their
+    view schema) must be of a class agents may call, or listed in the group's
+    ``functions``; policyc's identity functions are allowed; any other function only when
+    the group lists it.  An unknown name is refused, so a new PostgreSQL release cannot add
+    a function nobody judged.  Catalog relations (pg_catalog, information_schema, and
+    unqualified names of pg_catalog relations, which pg_catalog's place first in the search
+    path resolves there) must be on the registry's list of readable ones."""
+    listed = group.functions
+    # DDL runs only once a human approved it (or never): the functions it names or defines
+    # are what the approver saw
+    calls = () if info.kind == "ddl" else sorted(info.calls)
+    for schema, name in calls:
+        if name in _BY_ARGUMENTS and schema in (UNQUALIFIED, "pg_catalog"):
+            continue
+        if schema == "policyc" and name in POLICYC_FUNCTIONS:
+            continue
+        if schema in (UNQUALIFIED, "pg_catalog"):
+            cls = registry.function_class(name)
+            if cls in AGENT_CALLABLE or f"pg_catalog.{name}" in listed:
+                continue
+            what = "is not a function the proxy knows" if cls is None else \
+                f"is a {cls.value.replace('_', ' ')} function"
+            return (f"function {_shown(name)} {what}; agents may call only vetted functions "
+                    f"and those group {group.name} lists under functions")
+        if f"{schema}.{name}" in listed:
+            continue
+        return (f"function {_shown(schema)}.{_shown(name)} is not listed under functions for "
+                f"group {group.name}")
+    for table in sorted(info.tables):
+        schema = table.schema
+        if schema == UNQUALIFIED:
+            if table.name not in registry.catalog_names:
+                continue
+            schema = "pg_catalog"
+        if schema not in CATALOG_SCHEMAS:
+            continue
+        if registry.relation_allowed(schema, table.name) is False:
+            return (f"catalog relation {schema}.{_shown(table.name)} is not readable by agents "
+                    "(other sessions' activity, statistics or security rules)")
+    return None
+
+
+def _shown(name: str) -> str:
+    return name if _PRINTABLE_NAME.match(name) else "(a name not shown)"
+
+
 def _setting_name(setting: str) -> str:
     return setting if _PRINTABLE_SETTING.match(setting) else "of this setting"
 
 
-def decide_all(classification: Classification, group: Group, policy: Policy) -> tuple[Verdict, ...]:
+def decide_all(classification: Classification, group: Group, policy: Policy,
+               registry: Registry | None = None) -> tuple[Verdict, ...]:
     """One verdict per statement; an unclassifiable string gets one blocked verdict."""
     if classification.error is not None:
         return (
@@ -415,7 +480,7 @@ def decide_all(classification: Classification, group: Group, policy: Policy) -> 
                 frozenset(),
             ),
         )
-    return tuple(decide(info, group, policy) for info in classification.statements)
+    return tuple(decide(info, group, policy, registry) for info in classification.statements)
 
 
 _SEVERITY: Final[dict[Decision, int]] = {
