@@ -13,8 +13,6 @@ import dataclasses
 import io
 from pathlib import Path
 
-import pytest
-
 from conftest import CLINIC, Database
 from policyc.apply import apply_policy
 from policyc.cli import main
@@ -188,8 +186,6 @@ def _cli(*argv: str) -> tuple[int, str]:
     return main(list(argv), out=out), out.getvalue()
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py prints Plan.warnings once the lead wires it in "
-                   "(see the report of issue #11 class 10); remove this marker then")
 def test_cli_plan_prints_the_warning_and_exits_0(clinic_db: Database, tmp_path: Path) -> None:
     start, end = _claims_filter_lines(EXAMPLE)
     lines = EXAMPLE.replace("database: clinic", f"database: {clinic_db.name}").splitlines(

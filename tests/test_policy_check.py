@@ -99,7 +99,8 @@ def test_error_text_is_file_line_key_message() -> None:
     assert len(lines) == 22
     assert lines[6] == (
         f"{path}:16: groups.billing.raed: unknown key 'raed' (did you mean 'read'?); "
-        "allowed here: allow_do, approval, functions, limits, oidc_groups, read, rows, unmask, write"
+        "allowed here: allow_do, approval, functions, limits, oidc_groups, read, rows, unmask, "
+        "write"
     )
     assert info.value.code == "policy"
 
@@ -291,8 +292,8 @@ def test_unknown_keys_are_reported_where_they_are_with_a_suggestion() -> None:
         (
             13,
             "groups.g.approval.row_over",
-            "unknown key 'row_over' (did you mean 'rows_over'?); allowed here: budget, in_transaction, "
-            "rows_over, statements",
+            "unknown key 'row_over' (did you mean 'rows_over'?); allowed here: budget, "
+            "in_transaction, rows_over, statements",
         ),
     ]
 

@@ -45,11 +45,21 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     policy = _load(args.policy)
     groups = ", ".join(g.name for g in policy.groups)
     print(f"{args.policy}: ok (version {policy.version}; groups: {groups})", file=out)
+    from policyc.policy.rowfilter import unfiltered_write_warnings
+
+    for warning in unfiltered_write_warnings(policy):
+        print(f"warning: {warning}", file=out)
     return EXIT_OK
+
+
+def _print_warnings(plan: Any, out: TextIO) -> None:
+    for warning in getattr(plan, "warnings", ()):
+        print(f"warning: {warning}", file=out)
 
 
 def _print_plan(plan: Any, out: TextIO, policy_path: str, show_sql: bool) -> None:
     print(f"policyc plan: {policy_path} against database {plan.catalog.database}", file=out)
+    _print_warnings(plan, out)
     if plan.empty:
         print("no changes", file=out)
         return
@@ -82,6 +92,7 @@ def _plan_json(plan: Any) -> dict[str, Any]:
         "pending": len(plan.changes),
         "drift": len(plan.drift),
         "hazards": sum(len(c.hazards) for c in plan.changes),
+        "warnings": [str(w) for w in getattr(plan, "warnings", ())],
     }
 
 
@@ -111,6 +122,7 @@ def cmd_apply(args: argparse.Namespace, out: TextIO) -> int:
         json.dump({**_plan_json(result.plan), "executed": result.executed}, out, indent=2)
         out.write("\n")
     elif result.plan.empty:
+        _print_warnings(result.plan, out)
         print("no changes", file=out)
     else:
         _print_plan(result.plan, out, args.policy, show_sql=False)

@@ -37,6 +37,7 @@ from policyc.identity import (
 from policyc.identity.groups import StartupOptionsError, parse_startup_options
 from policyc.policy.model import Group
 from policyc.proxy.auditlog import AuditLog, AuditUnavailable
+from policyc.proxy.ceilings import CeilingsUnavailable, session_timeout_ceilings
 from policyc.proxy.codec import (
     AUTHENTICATION_CLEARTEXT_PASSWORD,
     AUTHENTICATION_OK,
@@ -69,6 +70,8 @@ from policyc.proxy.verdict import PINNED, PINNED_STARTUP, SETTABLE, TIMEOUTS, se
 from policyc.webhook import WebhookNotifier
 
 log = logging.getLogger("policyc.proxy")
+#: How long the DBA's timeout ceilings of a group role are trusted before being read again.
+CEILINGS_SECONDS = 60.0
 
 
 async def _server_version_num(config: ProxyConfig) -> int:
@@ -136,6 +139,30 @@ class ProxyServer:
     _agent_groups: Counter[tuple[str, str]] = field(default_factory=Counter)
     _refused: Counter[str] = field(default_factory=Counter)
     _early_recorded: dict[str, float] = field(default_factory=dict)
+    # the DBA's timeout ceilings per group role, read through a connection of the proxy's own
+    _ceilings: dict[str, tuple[float, dict[str, int]]] = field(default_factory=dict)
+    _ceilings_conn: psycopg.AsyncConnection[Any] | None = None
+    _ceilings_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def _timeout_ceilings(self, role: str) -> dict[str, int]:
+        """The DBA's statement, lock and idle-in-transaction timeouts for ``role`` (ms, 0:
+        none), re-read at most every :data:`CEILINGS_SECONDS`; CeilingsUnavailable when they
+        cannot be read (fail closed: the login is refused)."""
+        now = time.monotonic()
+        found = self._ceilings.get(role)
+        if found is not None and now - found[0] < CEILINGS_SECONDS:
+            return found[1]
+        async with self._ceilings_lock:
+            try:
+                if self._ceilings_conn is None or self._ceilings_conn.closed:
+                    self._ceilings_conn = await psycopg.AsyncConnection.connect(
+                        self.config.upstream.conninfo(), autocommit=True)
+                ceilings = await session_timeout_ceilings(self._ceilings_conn, role)
+            except (psycopg.Error, OSError):
+                self._ceilings_conn = None
+                raise CeilingsUnavailable("the database cannot be reached") from None
+        self._ceilings[role] = (now, ceilings)
+        return ceilings
 
     async def start(self) -> None:
         policy = self.config.policy
@@ -463,8 +490,15 @@ class ProxyServer:
             rest = framer.take_pending()
             session_framer = FrontendFramer(max_length=self.config.max_message_bytes,
                                             startup=False)
+            try:
+                ceilings = await self._timeout_ceilings(group.name)
+            except CeilingsUnavailable:
+                raise LoginRefused("ceilings_unavailable", "policyc: the database's limits for "
+                                   "this group cannot be read; try again later",
+                                   "58030") from None
             for name in TIMEOUTS & settings.keys():
-                if setting_value_reason(name, (settings[name],), group) is not None:
+                if setting_value_reason(name, (settings[name],), group,
+                                        ceilings.get(name) or None) is not None:
                     raise LoginRefused("bad_setting", f"policyc: {name} may only be lowered "
                                        f"for group {group.name}", "42501")
             try:
@@ -514,7 +548,8 @@ class ProxyServer:
                           results_limit=self.config.policy.audit.results_limit_bytes,
                           approvals=self.approvals,
                           hold_seconds=self.config.policy.approvals.hold_seconds,
-                          valid_for_seconds=self.config.policy.approvals.valid_for_seconds)
+                          valid_for_seconds=self.config.policy.approvals.valid_for_seconds,
+                          timeout_ceilings=ceilings)
         self.sessions[proxy_pid] = _Live(session, proxy_key, upstream.backend_pid,
                                          upstream.backend_key)
         try:

@@ -59,6 +59,7 @@ from typing import Any, Protocol, TypeVar
 from policyc.identity import AgentIdentity
 from policyc.policy.model import Group, ResultRecording
 from policyc.proxy.auditlog import AuditUnavailable
+from policyc.proxy.classify import StatementInfo
 from policyc.proxy.codec import (
     Bind,
     Close,
@@ -83,7 +84,7 @@ from policyc.proxy.names import Found, NameBook, Refuse, Slot, Wait, WaitAnswers
 from policyc.proxy.records import SessionEnd, StatementOutcome, StatementRecord
 from policyc.proxy.results import ResultBudget, ResultCapture, not_kept_reason, with_formats
 from policyc.proxy.upstream import UpstreamSession
-from policyc.proxy.verdict import PINNED
+from policyc.proxy.verdict import PINNED, TIMEOUTS, setting_value_reason
 
 log = logging.getLogger("policyc.proxy")
 
@@ -116,7 +117,7 @@ class AuditSink(Protocol):
 _V = TypeVar("_V")
 #: Statement kinds that create, run or close something by name.
 _NAMED_KINDS = frozenset({"prepare", "execute", "deallocate", "declare_cursor", "fetch",
-                          "close_cursor", "discard"})
+                          "close_cursor", "discard", "set"})
 
 
 @dataclass
@@ -273,6 +274,9 @@ class Session:
     portals: NameBook[Portal] = field(default_factory=lambda: NameBook("portal"))
     _batch: int = 0  # client batches so far (each Sync or Query ends one)
     _answered: int = -1  # the last batch the server has answered (ReadyForQuery)
+    # the DBA's statement/lock/idle-in-transaction timeouts of the group role, in ms (0:
+    # none): agents may lower them, never raise or disable them
+    timeout_ceilings: dict[str, int] = field(default_factory=dict)
     _answer_waiters: list[Callable[[], None]] = field(default_factory=list)
     transaction_status: str = "I"
     end_reason: str = "client closed the connection"
@@ -688,7 +692,9 @@ class Session:
                 continue
             name = info.name
             refusal: tuple[str, str] | None = None
-            if kind in ("prepare", "declare_cursor"):
+            if kind == "set":
+                refusal = self._ceiling_refusal(info)
+            elif kind in ("prepare", "declare_cursor"):
                 assert name is not None
                 book: NameBook[Any] = self.statements if kind == "prepare" else self.portals
                 refusal = await self._may_create(book, name, out)
@@ -779,6 +785,17 @@ class Session:
         stop = decision.blocked_index
         if stop is not None and self._holdable(decision):
             stop = None  # preparing is harmless: the hold happens at Execute, with parameters
+        ceiling = next((found for found in map(self._ceiling_refusal,
+                                                decision.classification.statements)
+                        if found is not None), None) if self.timeout_ceilings else None
+        if ceiling is not None:
+            record = self._record(message.sql, decision, 0, "blocked", reason=ceiling[1])
+            self._spool(record, StatementOutcome(record.record_id, None, 0.0, ceiling[0]))
+            slot, _answered = self.statements.create(
+                message.name, Prepared(message.sql, decision, ceiling), self._batch)
+            slot.settle("ok")
+            self._poison(out, "parse", ceiling)
+            return
         if decision.classification.error is not None or stop is not None:
             index = 0 if stop is None else stop
             if decision.classification.error is not None:
@@ -868,6 +885,17 @@ class Session:
         unit = self._unit(record, decision, overlap=self._overlaps(decision, approval_id))
         unit.portal = portal
         self._expect(Expect("execute", unit))
+
+    def _ceiling_refusal(self, info: StatementInfo) -> tuple[str, str] | None:
+        """A SET of a timeout above the DBA's ceiling for the group role (the policy's own
+        ceilings are judged with the statement, once)."""
+        setting = info.setting or ""
+        ceiling = self.timeout_ceilings.get(setting) if setting in TIMEOUTS else None
+        if not ceiling:
+            return None
+        reason = setting_value_reason(setting, info.values, self.group, ceiling)
+        return None if reason is None else (
+            BLOCKED_SQLSTATE, f"policyc: statement blocked: {reason}")
 
     def _poison(self, out: list[bytes], kind: str, refusal: tuple[str, str]) -> None:
         """Refuse an extended-protocol message: the server fails on the poison (an error

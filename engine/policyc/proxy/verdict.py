@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from policyc.policy.model import ColumnRef, Group, Mask, Policy, TableName
+from policyc.proxy import ceilings
 from policyc.proxy.classify import ANY_TABLE, UNQUALIFIED, Classification, StatementInfo
 from policyc.proxy.registry import AGENT_CALLABLE, Registry, load_registry
 
@@ -146,9 +147,6 @@ PINNED_STARTUP: Final[Mapping[str, str]] = {
 #: Timeouts the policy may cap (``groups.G.limits``): agents may tighten, never loosen.
 TIMEOUTS: Final = frozenset(
     {"statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"})
-_TIME_UNITS: Final[Mapping[str, float]] = {
-    "us": 0.001, "ms": 1.0, "s": 1000.0, "min": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
-_TIME_VALUE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-z]*)\s*$")
 
 #: Settings an agent may only read with SHOW (clients and drivers ask for these).
 SHOWABLE: Final = SETTABLE | PINNED.keys() | frozenset(
@@ -406,12 +404,10 @@ def setting_value_reason(setting: str, values: Iterable[str | None], group: Grou
 def timeout_ms(value: str) -> float | None:
     """A timeout setting's value in milliseconds, read as PostgreSQL does (a bare number is
     milliseconds); None when it is not a duration."""
-    match = _TIME_VALUE.match(value.lower())
-    if match is None:
+    try:
+        return float(ceilings.timeout_ms(value))
+    except ValueError:
         return None
-    number, unit = float(match.group(1)), match.group(2) or "ms"
-    factor = _TIME_UNITS.get(unit)
-    return None if factor is None else number * factor
 
 
 def catalog_reason(info: StatementInfo, group: Group, registry: Registry) -> str | None:
