@@ -25,6 +25,11 @@ A case::
             - [S]                       # Sync
           expect: [SQLSTATE or ok, ...] # one entry per ReadyForQuery: its batch's first
                                         # error, or ok
+        - reconnect: 3                  # a new libpq session of the same agent, once the
+                                        # trail holds 3 of its records with rows
+      functions: [public.f]             # the group's policy for this case: functions,
+      rows_over: 10                     # rows_over and budget (a proxy of its own)
+      budget: {rows: 25, per: 3600}
       check:                            # superuser SQL afterwards, exact rows
         - sql: SELECT count(*) FROM public.claims WHERE status = 'hijacked'
           rows: [[0]]
@@ -247,6 +252,16 @@ def run_case(case: Case, db: Database, proxy: RunningProxy) -> None:
         for number, step in enumerate(steps, 1):
             where = f"{case.source} step {number}"
             expect = step.get("expect", "ok")
+            if "reconnect" in step:
+                # a new session of the same agent, once the trail holds this many records
+                wanted = int(step["reconnect"])
+                query = (f"SELECT count(*) FROM audit.statements WHERE agent = '{agent}' "
+                         "AND rows IS NOT NULL")
+                wait_for(lambda q=query, n=wanted: db.execute(q)[0][0] >= n, timeout=10)
+                assert conn is not None
+                conn.close()
+                conn = psycopg.connect(dsn, autocommit=True)  # noqa: PLW2901 (closed in finally)
+                continue
             if "raw" in step:
                 assert raw is not None
                 messages = [_encode(item) for item in step["raw"]]
@@ -263,6 +278,8 @@ def run_case(case: Case, db: Database, proxy: RunningProxy) -> None:
             assert got == str(expect), f"{where}: expected {expect}, got {got} for {sql!r}"
             if got == "fatal":
                 break
+        if conn is not None and not conn.closed:
+            conn.close()  # a reconnect's session (the first is closed by _sessions)
     for check in data.get("check", []):
         rows = [list(r) for r in db.execute(check["sql"].format(agent=agent))]
         assert rows == check["rows"], f"{case.source}: {check['sql']} gave {rows}"

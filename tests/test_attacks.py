@@ -11,6 +11,7 @@ import pytest
 
 from attackkit import Case, load_cases, run_case
 from conftest import Database
+from policyc.policy.model import Group, RowBudget
 from proxyharness import RunningProxy, run_proxy
 
 CASES = load_cases()
@@ -19,14 +20,26 @@ CASES = load_cases()
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_attack(case: Case, applied_clinic: Database, proxy: RunningProxy,
                 tmp_path: Path) -> None:
-    functions = case.data.get("functions")
-    if not functions:
+    override = {key: case.data[key] for key in ("functions", "rows_over", "budget")
+                if key in case.data}
+    if not override:
         run_case(case, applied_clinic, proxy)
         return
-    # the case needs its group to list functions: a proxy of its own with that policy
+    # the case needs its group's policy changed: a proxy of its own with that policy
     policy = proxy.policy
-    groups = tuple(dataclasses.replace(g, functions=tuple(functions)) if g.name == case.group
-                   else g for g in policy.groups)
+
+    def changed(group: Group) -> Group:
+        approval = group.approval
+        if "rows_over" in override:
+            approval = dataclasses.replace(approval, rows_over=int(override["rows_over"]))
+        if "budget" in override:
+            budget = override["budget"]
+            approval = dataclasses.replace(approval, budget=RowBudget(
+                int(budget["rows"]), int(budget.get("per", 3600))))
+        return dataclasses.replace(group, approval=approval, functions=tuple(
+            override.get("functions", group.functions)))
+
+    groups = tuple(changed(g) if g.name == case.group else g for g in policy.groups)
     with run_proxy(dataclasses.replace(policy, groups=groups),
                    applied_clinic.dsn_as("policyc_proxy"), tmp_path / "own-spool") as own:
         run_case(case, applied_clinic, own)

@@ -67,6 +67,7 @@ from policyc.proxy.registry import registry_for_server_version
 from policyc.proxy.session import Session
 from policyc.proxy.upstream import UpstreamError, connect, send_cancel
 from policyc.proxy.verdict import PINNED, PINNED_STARTUP, SETTABLE, TIMEOUTS, setting_value_reason
+from policyc.resources import sql_dir
 from policyc.webhook import WebhookNotifier
 
 log = logging.getLogger("policyc.proxy")
@@ -143,6 +144,29 @@ class ProxyServer:
     _ceilings: dict[str, tuple[float, dict[str, int]]] = field(default_factory=dict)
     _ceilings_conn: psycopg.AsyncConnection[Any] | None = None
     _ceilings_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def _rows_left(self, agent: str, group: Group) -> int | None:
+        """What is left of the agent's row budget (``approval.budget``) in its window, from
+        what every proxy recorded; None when the group has no budget.  Raises
+        CeilingsUnavailable when the trail cannot be read (the login is refused)."""
+        budget = group.approval.budget
+        if budget is None:
+            return None
+        async with self._ceilings_lock:
+            try:
+                if self._ceilings_conn is None or self._ceilings_conn.closed:
+                    self._ceilings_conn = await psycopg.AsyncConnection.connect(
+                        self.config.upstream.conninfo(), autocommit=True)
+                cursor = await self._ceilings_conn.execute(
+                    (sql_dir() / "proxy" / "rows_used.sql").read_text(),
+                    {"agent": agent, "group": group.name, "seconds": budget.per_seconds,
+                     "tables": [str(t) for t in group.tables()]})
+                row = await cursor.fetchone()
+            except (psycopg.Error, OSError):
+                self._ceilings_conn = None
+                raise CeilingsUnavailable("the audit trail cannot be read") from None
+        used = int(row[0]) if row else 0
+        return max(0, budget.rows - used)
 
     async def _timeout_ceilings(self, role: str) -> dict[str, int]:
         """The DBA's statement, lock and idle-in-transaction timeouts for ``role`` (ms, 0:
@@ -492,6 +516,7 @@ class ProxyServer:
                                             startup=False)
             try:
                 ceilings = await self._timeout_ceilings(group.name)
+                rows_left = await self._rows_left(identity.subject, group)
             except CeilingsUnavailable:
                 raise LoginRefused("ceilings_unavailable", "policyc: the database's limits for "
                                    "this group cannot be read; try again later",
@@ -549,7 +574,7 @@ class ProxyServer:
                           approvals=self.approvals,
                           hold_seconds=self.config.policy.approvals.hold_seconds,
                           valid_for_seconds=self.config.policy.approvals.valid_for_seconds,
-                          timeout_ceilings=ceilings)
+                          timeout_ceilings=ceilings, row_budget_left=rows_left)
         self.sessions[proxy_pid] = _Live(session, proxy_key, upstream.backend_pid,
                                          upstream.backend_key)
         try:

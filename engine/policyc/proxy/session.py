@@ -128,6 +128,7 @@ class _Named:
     refusal: tuple[str, str] | None = None
     effects: dict[int, Callable[[bool], None]] = field(default_factory=dict)
     touches: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+    carries: dict[int, Portal] = field(default_factory=dict)  # FETCH: the cursor's run
 
     def enrich(self, index: int, record: StatementRecord) -> StatementRecord:
         """The record of a run by name carries what it runs touches."""
@@ -163,6 +164,9 @@ class Unit:
     capture: ResultCapture | None = None  # results: full
     header: bytes | None = None  # the RowDescription / CopyOutResponse of its own response
     portal: Portal | None = None  # extended protocol: where a described header may be
+    carry: Portal | None = None  # the portal or cursor whose run this is a piece of
+    budgeted: bool = False  # its rows are rows of the group's tables: they use the budget
+    over_budget: bool = False  # withheld because the session's row budget was used up
 
 
 @dataclass
@@ -217,6 +221,9 @@ class Portal:
     parameters: list[str | None]
     result_formats: tuple[int, ...] = ()
     row_description: bytes | None = None  # results: full, from a Describe of the portal
+    # rows it sent so far, over every Execute (max_rows) and FETCH of it: rows_over counts
+    # a portal's or cursor's whole run, not each piece of it
+    rows_sent: int = 0
 
 
 _COMPLETES: dict[bytes, str] = {b"1": "parse", b"2": "bind", b"3": "close"}
@@ -277,6 +284,9 @@ class Session:
     # the DBA's statement/lock/idle-in-transaction timeouts of the group role, in ms (0:
     # none): agents may lower them, never raise or disable them
     timeout_ceilings: dict[str, int] = field(default_factory=dict)
+    # rows of the group's tables this session may still send (approval.budget); None: no
+    # budget.  The server starts it at the budget less what the agent used in the window.
+    row_budget_left: int | None = None
     _answer_waiters: list[Callable[[], None]] = field(default_factory=list)
     transaction_status: str = "I"
     end_reason: str = "client closed the connection"
@@ -303,6 +313,7 @@ class Session:
 
     def __post_init__(self) -> None:
         self._budget = ResultBudget(self.results_limit)
+        self._policy_tables = frozenset(str(t) for t in self.group.tables())
 
     # ---- client side -------------------------------------------------------------------
 
@@ -458,7 +469,8 @@ class Session:
         )
 
     def _unit(self, record: StatementRecord, decision: Decision | None = None,
-              approval_key: list[str | None] | None = None, *, overlap: bool = False) -> Unit:
+              approval_key: list[str | None] | None = None, *, overlap: bool = False,
+              carry: Portal | None = None) -> Unit:
         """``approval_key`` is what an approval must match besides agent and fingerprint: the
         bind parameters, or for the simple protocol the exact query text.  ``overlap``: the
         statement may go upstream before its record is durable (its answer may not; see
@@ -477,6 +489,10 @@ class Session:
                     unit.record = dataclasses.replace(record, decision="approved",
                                                       approval_id=approved)
                     record = unit.record
+        unit.carry = carry
+        if self.row_budget_left is not None and record.approval_id is None and \
+                not self._policy_tables.isdisjoint(record.tables):
+            unit.budgeted = True
         self._batch_units.append(unit)
         if self.results is not ResultRecording.NONE:
             unit.digest = hashlib.sha256()
@@ -641,7 +657,8 @@ class Session:
                 record = named.enrich(index, self._record(
                     info.text, decision, index, label, approval_id=approval_id))
                 self._expect(Expect("stmt", self._unit(record, decision, approval_key=[sql],
-                                                       overlap=overlap),
+                                                       overlap=overlap,
+                                                       carry=named.carries.get(index)),
                                     on_done=named.effects.get(index)))
             out.append(frame.raw)
             self._expect(Expect("sync", batch=self._batch))
@@ -660,7 +677,7 @@ class Session:
             if index < stop:
                 record = named.enrich(index, self._record(
                     info.text, decision, index, self._verdict_for(decision, index)))
-                self._expect(Expect("stmt", self._unit(record),
+                self._expect(Expect("stmt", self._unit(record, carry=named.carries.get(index)),
                                     on_done=named.effects.get(index)))
                 texts.append(info.text)
             elif index == stop:
@@ -723,6 +740,8 @@ class Session:
                             "or MOVE"))
                     else:
                         named.touches[index] = prepared.touches()
+                        if isinstance(found, Portal) and info.kind == "fetch":
+                            named.carries[index] = found
             elif kind == "deallocate":
                 named.effects[index] = self.statements.close_all(self._batch) if name is None \
                     else self.statements.close(name, self._batch)
@@ -882,7 +901,8 @@ class Session:
         record = self._record(prepared.sql, decision, prepared.index, verdict,
                               parameters=portal.parameters or None, approval_id=approval_id)
         out.append(frame.raw)
-        unit = self._unit(record, decision, overlap=self._overlaps(decision, approval_id))
+        unit = self._unit(record, decision, overlap=self._overlaps(decision, approval_id),
+                          carry=portal)
         unit.portal = portal
         self._expect(Expect("execute", unit))
 
@@ -1031,6 +1051,13 @@ class Session:
     def _overflow(self, unit: Unit) -> bytes:
         """A result grew past the group's row limit: the rest is withheld and an approval
         request is opened so a human can allow it."""
+        if unit.over_budget:
+            budget = self.group.approval.budget
+            assert budget is not None
+            return error_response(BLOCKED_SQLSTATE, (
+                f"policyc: this agent's row budget ({budget.rows} rows of this group's tables "
+                f"per {budget.per_seconds} s, per session and per agent) is used up; the rest "
+                "of the result was withheld. Ask an approver to run it, or wait."))
         limit = unit.limit
         if unit.record.kind == "execute":
             return error_response(BLOCKED_SQLSTATE, (
@@ -1175,9 +1202,19 @@ class Session:
                 unit = head.unit if head is not None else None
                 if unit is not None:
                     unit.rows += 1
-                    if unit.limit is not None and unit.rows > unit.limit:
+                    carry = unit.carry  # a piece of a portal's run: the run counts
+                    sent = unit.rows if carry is None else carry.rows_sent + 1
+                    if unit.limit is not None and sent > unit.limit:
                         unit.overflow = True  # withheld: never reaches the agent
                         continue
+                    if unit.budgeted:
+                        left = self.row_budget_left
+                        if left is not None and left <= 0:
+                            unit.overflow = unit.over_budget = True
+                            continue
+                        self.row_budget_left = None if left is None else left - 1
+                    if unit.carry is not None:
+                        unit.carry.rows_sent += 1
                     if unit.digest is not None:
                         unit.digest.update(frame.raw)
                     capture = unit.capture
@@ -1211,7 +1248,14 @@ class Session:
                 self._finish(expect)
                 out.append(frame.raw)
             elif kind == b"s":
-                self._finish(self._pop(("execute",)), note="portal suspended")
+                expect = self._pop(("execute",))
+                unit = expect.unit
+                if unit is not None and unit.overflow:
+                    self._finish(expect, sqlstate=BLOCKED_SQLSTATE,
+                                 note="result over the row limit: rows withheld")
+                    out.append(self._overflow(unit))
+                    continue
+                self._finish(expect, note="portal suspended")
                 out.append(frame.raw)
             elif kind in (b"1", b"2", b"3"):
                 # ParseComplete / BindComplete / CloseComplete; a proxy refusal is never
