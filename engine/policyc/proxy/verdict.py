@@ -302,6 +302,9 @@ def decide(info: StatementInfo, group: Group, policy: Policy,
         return Verdict(decision, reason, sqlstate, touched, tables, shapes)
 
     blocked = _blocked_reason(info, group)
+    if blocked is None and info.kind == "explain" and not tables.isdisjoint(group.rows):
+        blocked = ("EXPLAIN of a table this group sees through a row filter is not allowed: "
+                   "the planner's estimates and filters describe every tenant's rows")
     if blocked is None:
         blocked = catalog_reason(info, group, registry or load_registry(DEFAULT_MAJOR))
     if blocked is not None:
