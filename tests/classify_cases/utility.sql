@@ -103,3 +103,13 @@ REINDEX TABLE claims
 
 CLUSTER claims
 => ddl[ddl] needs_approval
+
+# EXPLAIN [ANALYZE] EXECUTE runs or plans what a name holds, unseen
+EXPLAIN ANALYZE EXECUTE h
+=> explain[run_by_name] blocked
+
+EXPLAIN EXECUTE q(1)
+=> explain[run_by_name] blocked
+
+CREATE TEMP TABLE t AS EXECUTE h
+=> ddl[ddl,run_by_name] blocked

@@ -82,6 +82,11 @@ _ALWAYS_BLOCKED: Final = (
         "two-phase commit (PREPARE TRANSACTION, COMMIT PREPARED, ROLLBACK PREPARED) is not allowed",
     ),
     ("lock", "explicit LOCK statements are not allowed"),
+    (
+        "run_by_name",
+        "EXECUTE inside another statement (EXPLAIN EXECUTE, CREATE TABLE AS EXECUTE) is not "
+        "allowed: use the prepared statement's own text",
+    ),
 )
 
 _BLOCKED_KINDS: Final = {
