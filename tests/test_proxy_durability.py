@@ -278,6 +278,17 @@ def spool(proxy: RunningProxy, *, inline: bool, fail: bool = False,
         audit._inline = True
 
 
+@pytest.fixture(autouse=True)
+def _watchable(request: pytest.FixtureRequest) -> None:
+    """These tests watch the server run statements (pg_stat_activity, as a superuser): turn
+    the group roles' track_activities (off since issue #11, so agents cannot watch each other)
+    back on for their sessions."""
+    if "applied_clinic" in request.fixturenames:
+        db = request.getfixturevalue("applied_clinic")
+        for role in ("billing", "clinician", "research"):
+            db.execute(f"ALTER ROLE {role} SET track_activities = on")
+
+
 def activity(db: Database, application: str) -> list[tuple[str, str]]:
     return [(str(q), str(s)) for q, s in db.execute(
         "SELECT query, state FROM pg_stat_activity WHERE application_name = %s",
@@ -340,8 +351,9 @@ def test_a_read_runs_while_its_record_is_written_and_is_answered_after(
 
 
 SIDE_EFFECTS = [
-    ("billing", "SELECT pg_sleep(0)"),
-    ("billing", "SELECT nextval('claims_id_seq')"),
+    # functions agents may call (pg_sleep and nextval are refused outright since issue #11)
+    ("billing", "SELECT current_setting('TimeZone')"),
+    ("billing", "SELECT pg_backend_pid()"),
     ("billing", "SELECT count(*) FROM patients"),
     ("clinician", "SELECT id FROM visits ORDER BY id LIMIT 1 FOR UPDATE"),
     ("clinician", "INSERT INTO notes (id, patient_id, author, written_at, body) "

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -21,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Database
-from proxyharness import DEV_KEYS, RunningProxy, wait_for
+from proxyharness import DEV_KEYS, RunningProxy, run_proxy, wait_for
 from test_escalation import ATTACKS
 
 
@@ -158,7 +161,21 @@ def test_token_expiry_ends_the_session(proxy: RunningProxy) -> None:
             conn.execute("SELECT 1")
 
 
-def test_cancel_reaches_the_right_backend_only(proxy: RunningProxy) -> None:
+@pytest.fixture
+def sleepy_proxy(proxy: RunningProxy, applied_clinic: Database,
+                 tmp_path: Path) -> Iterator[RunningProxy]:
+    """A proxy whose billing group may call pg_sleep (a side-effect function, refused unless
+    the policy lists it): a statement that runs long enough to be cancelled."""
+    policy = proxy.policy
+    groups = tuple(dataclasses.replace(g, functions=("pg_catalog.pg_sleep",))
+                   if g.name == "billing" else g for g in policy.groups)
+    with run_proxy(dataclasses.replace(policy, groups=groups),
+                   applied_clinic.dsn_as("policyc_proxy"), tmp_path / "sleepy") as running:
+        yield running
+
+
+def test_cancel_reaches_the_right_backend_only(sleepy_proxy: RunningProxy) -> None:
+    proxy = sleepy_proxy
     with proxy.connect("agent-7", "billing", clinic_id=1) as conn:
         def cancel_soon() -> None:
             time.sleep(0.5)
