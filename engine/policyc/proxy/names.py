@@ -21,6 +21,10 @@ succeeded would run something other than what was judged.  The rules, sans I/O:
 
 A name the proxy never saw created (a cursor a function opened, say) is unknown to it, and a
 run of it is refused: the proxy never forwards a run it cannot attribute to a judgement.
+
+The server keys both namespaces by the first 63 bytes of a name (``NAMEDATALEN`` - 1), so two
+names that differ only past that are one name to it: the proxy refuses any name longer than
+that (42622) rather than keep a second notion of sameness.
 """
 
 from __future__ import annotations
@@ -90,6 +94,18 @@ class Refuse:
 Lookup = Found[T] | Wait[T] | Refuse
 
 
+#: Longest name the server keeps whole (NAMEDATALEN - 1 bytes).
+MAX_NAME_BYTES = 63
+
+
+def name_refusal(name: str, kind: str) -> Refuse | None:
+    """A name the server would truncate (so it could stand for another name) is refused."""
+    if len(name) * 4 <= MAX_NAME_BYTES or len(name.encode("utf-8", "surrogatepass")) <= \
+            MAX_NAME_BYTES:
+        return None
+    return Refuse("42622", f"policyc: a {kind} name may be at most {MAX_NAME_BYTES} bytes long")
+
+
 class NameBook(Generic[T]):
     """Names of one kind (``statement`` or ``portal``) and what the server holds under them."""
 
@@ -111,6 +127,9 @@ class NameBook(Generic[T]):
                      answered: int) -> Refuse | Wait[T] | WaitAnswers | None:
         """May a creation of ``name`` be sent now (``answered``: the last batch the server
         has answered)?  None: yes."""
+        too_long = name_refusal(name, self.kind)
+        if too_long is not None:
+            return too_long
         slot = self.slots.get(name)
         if slot is None:
             return None
@@ -141,6 +160,9 @@ class NameBook(Generic[T]):
 
     def lookup(self, name: str, batch: int) -> Lookup[T]:
         """What a run of ``name`` sent now would run."""
+        too_long = name_refusal(name, self.kind)
+        if too_long is not None:
+            return too_long
         slot = self.slots.get(name)
         if slot is None:
             return Refuse(*self._missing(name))

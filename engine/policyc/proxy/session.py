@@ -80,7 +80,7 @@ from policyc.proxy.codec import (
 )
 from policyc.proxy.codec.backend import command_rows
 from policyc.proxy.decide import Decider, Decision
-from policyc.proxy.names import Found, NameBook, Refuse, Slot, Wait, WaitAnswers
+from policyc.proxy.names import Found, NameBook, Refuse, Slot, Wait, WaitAnswers, name_refusal
 from policyc.proxy.records import SessionEnd, StatementOutcome, StatementRecord
 from policyc.proxy.results import ResultBudget, ResultCapture, not_kept_reason, with_formats
 from policyc.proxy.upstream import UpstreamSession
@@ -366,6 +366,10 @@ class Session:
                     message = decode_frontend(frame)
                     assert isinstance(message, Close)
                     book: NameBook[Any] = self.statements if message.kind == "S" else self.portals
+                    too_long = name_refusal(message.name, book.kind)
+                    if too_long is not None:
+                        self._poison(out, "close", (too_long.sqlstate, too_long.message))
+                        continue
                     out.append(frame.raw)
                     self._expect(Expect("close", on_done=book.close(message.name, self._batch)))
                 elif kind == b"S":
@@ -742,6 +746,10 @@ class Session:
                         named.touches[index] = prepared.touches()
                         if isinstance(found, Portal) and info.kind == "fetch":
                             named.carries[index] = found
+            elif name is not None and kind in ("deallocate", "close_cursor") and \
+                    (too_long := name_refusal(name, "statement" if kind == "deallocate"
+                                              else "portal")) is not None:
+                refusal = (too_long.sqlstate, too_long.message)
             elif kind == "deallocate":
                 named.effects[index] = self.statements.close_all(self._batch) if name is None \
                     else self.statements.close(name, self._batch)
