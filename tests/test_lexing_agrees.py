@@ -29,6 +29,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import pq
 from pytest_postgresql.janitor import DatabaseJanitor
 
@@ -337,6 +339,51 @@ def assert_one_reading(pgconn: pq.abc.PGconn, text: str) -> None:
     # and re-sent the way the proxy re-sends the statements before a refused one
     joined = _in_rolled_back_transaction(pgconn, [PROXY_JOIN.join(texts)])
     assert joined == whole, "the statement texts joined give other results"
+
+
+# Pieces of the corpus, recombined: every combination is valid SQL, so every one must be read
+# alike.  Expressions, aliases, what may stand between tokens, whole statements, separators.
+_EXPRESSIONS = (
+    "'\\'", "'\\\\'", "'a\\'", "'it''s; ok'", "'; -- /* */ $$'", "E'\\''", "E'\\\\'",
+    "E'\\'; \\''", "e'\\x27;'", "U&'d!0061t' UESCAPE '!'", "U&'\\0027;'",
+    "u&'x;003B' UESCAPE ';'", "$$;'$$", "$a$ $$ ; $a$", "$ab$ $a$ $ab$", "$_$\\$_$", "B'01'",
+    "X'AF'", "N';'", "'a'\n'b'", "'a' -- ;\n'b'", "1 --1\n", "2 /* ; */ - 1", "2 */*x*/ 3",
+    "2 *-1", "2 +-- c\n1", "'ソ\\'", "E'ソ\\\\'", "$ソ$;$ソ$", "text'a;b'", "'1'::int", "1.e2",
+    ".5", "(SELECT ';')", "ARRAY[';', $$'$$]", "'{\"a\\\";b\"}'::text[]", "'𝄞;'",
+)
+_ALIASES = ("", " AS \"a;b\"", " AS \"c'd\"", " AS \"e\\\"", " AS x$q$", " AS ソ",
+            " AS U&\"!003B\" UESCAPE '!'", " \"--\"", " AS a\uff1bb", " AS it\uff07s")
+_GAPS = (" ", "\n", "\t", "/* ' ; */", "-- ' ;\n", "\r", "\f", "/* /* ; */ $$ */", " -- ;\r")
+_STATEMENTS = (
+    "SHOW standard_conforming_strings", "SET LOCAL application_name = $$;'$$",
+    "INSERT INTO lex_t VALUES (E'\\';', 1)", "DO $d$BEGIN PERFORM ';'; END$d$", "TABLE lex_t",
+    "UPDATE lex_t SET v = '\\' WHERE n = 1", "DELETE FROM lex_t WHERE v = $$;$$",
+    "SELECT count(*) FROM lex_t", "SAVEPOINT \"s;\"",
+)
+_SEPARATORS = (";", ";;", "; /* ; */ ;", ";\n-- ;\n", ";\r", "\n;\n", " ; ", ";\f")
+_ENDINGS = ("", ";", " -- end ; '", "/* end ; */", ";;\n")
+
+_item = st.builds(lambda g1, e, a, g2: g1 + e + a + g2, st.sampled_from(_GAPS),
+                  st.sampled_from(_EXPRESSIONS), st.sampled_from(_ALIASES), st.sampled_from(_GAPS))
+_select = st.builds(lambda gap, items: "SELECT" + gap + ",".join(items),
+                    st.sampled_from(_GAPS), st.lists(_item, min_size=1, max_size=4))
+_statement = st.one_of(_select, _select, st.sampled_from(_STATEMENTS))
+
+
+@st.composite
+def _texts(draw: st.DrawFn) -> str:
+    statements = draw(st.lists(_statement, min_size=1, max_size=4))
+    text = statements[0]
+    for statement in statements[1:]:
+        text += draw(st.sampled_from(_SEPARATORS)) + statement
+    return text + draw(st.sampled_from(_ENDINGS))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(text=_texts())
+def test_recombined_pieces_are_read_alike(pinned: pq.abc.PGconn, text: str) -> None:
+    assert_one_reading(pinned, text)
 
 
 #: Texts PostgreSQL 15 refuses, first those the PostgreSQL 18 parser in pglast reads (newer
