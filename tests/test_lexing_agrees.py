@@ -9,7 +9,9 @@ bytes.  Both readings agree only under the settings the proxy pins for agent ses
   comments, many statements) runs on a real PostgreSQL 15 server with those settings through
   the simple query protocol; the server's command tags must match classify's statements one
   for one, in number and kind, and the statement texts classify cut out must run to the very
-  same tags and rows, alone and joined the way the proxy re-sends them;
+  same tags and rows, alone and joined the way the proxy re-sends them; pieces of the corpus
+  recombined by hypothesis (literals, aliases, comments and whitespace between tokens,
+  separators) must be read alike too;
 * where pglast 18 and PostgreSQL 15 do read differently (hex, octal, binary and underscored
   numbers, a vertical tab as whitespace), the server refuses the whole text, so nothing of it
   runs;
