@@ -130,6 +130,12 @@ class _Named:
     touches: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
     carries: dict[int, Portal] = field(default_factory=dict)  # FETCH: the cursor's run
 
+    def abandon(self) -> None:
+        """The query will not be sent: what it would have created or closed did not happen."""
+        effects, self.effects = self.effects, {}
+        for effect in effects.values():
+            effect(False)
+
     def enrich(self, index: int, record: StatementRecord) -> StatementRecord:
         """The record of a run by name carries what it runs touches."""
         found = self.touches.get(index)
@@ -627,8 +633,9 @@ class Session:
                 refusal = hold
         # statements that name prepared statements and cursors: judged by what the name
         # holds, and what they create or close followed on the server's answers
-        named = await self._named_statements(decision, out, len(statements) if stop is None
-                                             else stop)
+        named = await self._named_statements(
+            decision, out, 0 if refusal is not None else len(statements) if stop is None
+            else stop)
         name_refusal: tuple[str, str] | None = None
         if named.stop is not None:
             stop, name_refusal = named.stop, named.refusal
@@ -648,6 +655,7 @@ class Session:
                 if isinstance(hold, int):
                     approval_id = hold
                 else:
+                    named.abandon()  # nothing of the query reaches the server
                     out.append(Query(POISON_QUERY).encode())
                     self._expect(Expect("stmt", rewrite=hold))
                     self._expect(Expect("sync", batch=self._batch))
