@@ -40,11 +40,12 @@ select q.ssn from (select id, ssn from patients) q
 => select[] masked phi=public.patients.ssn
 
 # the view schema name written explicitly still resolves by table name
-select ssn from grp_billing.patients
+select ssn from billing.patients
 => select[] masked tables=public.patients phi=public.patients.ssn
 
+# a base table by its qualified name: refused (agents read their views), PHI still recorded
 select id from public.patients where zip = '12345'
-=> select[] masked phi=public.patients.zip
+=> select[] blocked phi=public.patients.zip
 
 INSERT INTO claims (patient_id, amount, code) VALUES ($1, $2, $3)
 => insert[] allowed tables=public.claims phi=

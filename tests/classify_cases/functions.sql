@@ -150,3 +150,19 @@ SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 
 SELECT column_name FROM information_schema.columns WHERE table_name = 'patients'
 => select[] allowed
+
+# relations: the group's own views (plain or schema-qualified) and vetted catalog relations
+SELECT count(*) FROM billing.patients
+=> select[] allowed
+
+SELECT * FROM public.pg_stat_statements
+=> select[] blocked
+
+SELECT count(*) FROM public.patients
+=> select[] blocked
+
+SELECT * FROM research.visits
+=> select[] blocked
+
+SELECT * FROM audit.statements
+=> select[] blocked

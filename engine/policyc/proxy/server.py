@@ -527,7 +527,8 @@ class ProxyServer:
                     raise LoginRefused("bad_setting", f"policyc: {name} may only be lowered "
                                        f"for group {group.name}", "42501")
             try:
-                upstream = await connect(self.config.upstream, group.name, settings)
+                upstream = await connect(self.config.upstream, group.name, settings,
+                                         max_message_bytes=self.config.max_message_bytes)
             except UpstreamError as exc:
                 if exc.sqlstate == TOO_MANY_CONNECTIONS:  # the role's CONNECTION LIMIT, or
                     raise self._refusal(  # the server's max_connections

@@ -101,6 +101,8 @@ MAX_AUDIT_TEXT = 100_000
 #: them); None: the extended protocol's unparsed text.
 ROW_LIMITED_KINDS = frozenset({"select", "copy_out", "fetch", "execute", "insert", "update",
                                "delete", "merge", "declare_cursor", None})
+#: Bytes a client may send while one of its statements is held (they wait their turn).
+MAX_HELD_BACKLOG = 1 << 20
 #: Bytes buffered in a transport before a pump waits for it to drain.
 WRITE_HIGH_WATER = 1 << 20
 
@@ -1117,7 +1119,7 @@ class Session:
                     data = b""
                 if data:
                     self._stash += data
-                    if len(self._stash) > (64 << 20):
+                    if len(self._stash) > MAX_HELD_BACKLOG:
                         raise ProtocolViolation("too much data sent while a statement was held")
                     continue
                 decision.cancel()

@@ -81,23 +81,28 @@ async def _open(upstream: Upstream) -> tuple[asyncio.StreamReader, asyncio.Strea
 
 
 async def connect(
-    upstream: Upstream, role: str, settings: dict[str, str], timeout: float = 30.0
+    upstream: Upstream, role: str, settings: dict[str, str], timeout: float = 30.0,
+    max_message_bytes: int | None = None,
 ) -> UpstreamSession:
-    """Log in as ``role`` with the service password; raises UpstreamError."""
+    """Log in as ``role`` with the service password; raises UpstreamError.
+    ``max_message_bytes`` bounds one server message (a row, say) the proxy will buffer: an
+    agent must not make it hold a value as large as the protocol allows (1 GiB)."""
     try:
-        return await asyncio.wait_for(_connect(upstream, role, settings), timeout)
+        return await asyncio.wait_for(
+            _connect(upstream, role, settings, max_message_bytes), timeout)
     except (OSError, asyncio.IncompleteReadError) as exc:
         raise UpstreamError(f"cannot reach the database: {type(exc).__name__}") from None
     except TimeoutError:
         raise UpstreamError("the database did not answer in time") from None
 
 
-async def _connect(upstream: Upstream, role: str, settings: dict[str, str]) -> UpstreamSession:
+async def _connect(upstream: Upstream, role: str, settings: dict[str, str],
+                   max_message_bytes: int | None = None) -> UpstreamSession:
     reader, writer = await _open(upstream)
     params = {"user": role, "database": upstream.dbname, **settings}
     writer.write(StartupMessage(params).encode())
     await writer.drain()
-    framer = BackendFramer()
+    framer = BackendFramer() if max_message_bytes is None else BackendFramer(max_message_bytes)
     scram: ScramClient | None = None
     parameters: dict[str, str] = {}
     pid, key = 0, b""

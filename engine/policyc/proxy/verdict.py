@@ -427,7 +427,8 @@ def catalog_reason(info: StatementInfo, group: Group, registry: Registry) -> str
     the group lists it.  An unknown name is refused, so a new PostgreSQL release cannot add
     a function nobody judged.  Catalog relations (pg_catalog, information_schema, and
     unqualified names of pg_catalog relations, which pg_catalog's place first in the search
-    path resolves there) must be on the registry's list of readable ones."""
+    path resolves there) must be on the registry's list of readable ones; a relation named in
+    any other schema than the group's own (or pg_temp) is refused."""
     listed = group.functions
     # DDL runs only once a human approved it (or never): the functions it names or defines
     # are what the approver saw
@@ -456,7 +457,12 @@ def catalog_reason(info: StatementInfo, group: Group, registry: Registry) -> str
                 continue
             schema = "pg_catalog"
         if schema not in CATALOG_SCHEMAS:
-            continue
+            if schema in (group.name, "pg_temp"):
+                continue
+            # base tables, other groups' views, the audit schema, an extension's views
+            # (pg_stat_statements): an agent reads its own views and vetted catalog relations
+            return (f"relation {_shown(schema)}.{_shown(table.name)} is outside group "
+                    f"{group.name}'s view schema; agents read their views by their plain names")
         if registry.relation_allowed(schema, table.name) is False:
             return (f"catalog relation {schema}.{_shown(table.name)} is not readable by agents "
                     "(other sessions' activity, statistics or security rules)")
