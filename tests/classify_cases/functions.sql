@@ -166,3 +166,10 @@ SELECT * FROM research.visits
 
 SELECT * FROM audit.statements
 => select[] blocked
+
+# an operator runs its function: only pg_catalog's
+SELECT 1 OPERATOR(pg_catalog.+) 1
+=> select[] allowed
+
+SELECT 1 OPERATOR(public.===) 1
+=> select[] blocked

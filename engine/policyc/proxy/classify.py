@@ -140,6 +140,8 @@ class StatementInfo:
     # every function the statement calls, as written: (schema or "", name as the parser
     # gives it: unquoted names folded to lower case, quoted ones exact)
     calls: frozenset[tuple[str, str]] = frozenset()
+    # schemas of operators written qualified (``OPERATOR(s.op)``)
+    operator_schemas: frozenset[str] = frozenset()
 
     @property
     def tables_without_ctes(self) -> frozenset[TableName]:
@@ -348,6 +350,7 @@ class _Collector:
         "direct_columns",
         "executes",
         "functions",
+        "operator_schemas",
         "risky",
         "tables",
         "using",
@@ -364,6 +367,13 @@ class _Collector:
         self.direct_columns: set[ColumnUse] = set()
         self.calls: set[tuple[str, str]] = set()
         self.executes = 0
+        self.operator_schemas: set[str] = set()
+
+    def operator(self, node: JsonNode) -> None:
+        written = node.get("name")
+        parts = names(written)
+        if isinstance(written, list) and len(written) > 1:
+            self.operator_schemas.add(parts[0] if len(parts) == len(written) else "?")
 
     def execute(self, node: JsonNode) -> None:
         self.executes += 1
@@ -450,6 +460,7 @@ _HANDLERS: Final[dict[str, Callable[[_Collector, JsonNode], None]]] = {
     "SelectStmt": _Collector.select,
     "CreateTableAsStmt": _Collector.create_table_as,
     "ExecuteStmt": _Collector.execute,
+    "A_Expr": _Collector.operator,
 }
 _RAW_STMT_KEYS: Final = frozenset({"stmt", "stmt_location", "stmt_len"})
 _FIELD_KEYS: Final = frozenset({"relname", "funcname", "usingClause", "stmt"})
@@ -595,6 +606,7 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
         values=values,
         holdable=node == "DeclareCursorStmt" and bool(int(body.get("options", 0)) & _CURSOR_HOLD),
         calls=frozenset(collector.calls),
+        operator_schemas=frozenset(collector.operator_schemas),
     )
 
 

@@ -450,6 +450,9 @@ def catalog_reason(info: StatementInfo, group: Group, registry: Registry) -> str
             continue
         return (f"function {_shown(schema)}.{_shown(name)} is not listed under functions for "
                 f"group {group.name}")
+    for schema in sorted(info.operator_schemas - {"pg_catalog"}):
+        # an operator runs its function: outside pg_catalog, one nobody vetted for agents
+        return f"operators of schema {_shown(schema)} are not allowed; use pg_catalog's"
     for table in sorted(info.tables):
         schema = table.schema
         if schema == UNQUALIFIED:
