@@ -54,7 +54,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from policyc.identity import AgentIdentity
 from policyc.policy.model import Group, ResultRecording
@@ -145,6 +145,9 @@ class _Named:
             return record
         return dataclasses.replace(record, tables=tuple(sorted({*record.tables, *found[0]})),
                                    phi_columns=tuple(sorted({*record.phi_columns, *found[1]})))
+
+
+_NO_NAMES: Final = _Named()  # a query that names nothing (never changed)
 
 
 def _both(closes: tuple[Callable[[bool], None], ...], ok: bool) -> None:
@@ -635,9 +638,10 @@ class Session:
                 refusal = hold
         # statements that name prepared statements and cursors: judged by what the name
         # holds, and what they create or close followed on the server's answers
-        named = await self._named_statements(
-            decision, out, 0 if refusal is not None else len(statements) if stop is None
-            else stop)
+        named = _NO_NAMES if refusal is not None or not any(
+            info.kind in _NAMED_KINDS for info in statements) else \
+            await self._named_statements(decision, out, len(statements) if stop is None
+                                         else stop)
         name_refusal: tuple[str, str] | None = None
         if named.stop is not None:
             stop, name_refusal = named.stop, named.refusal
@@ -813,7 +817,9 @@ class Session:
         message = decode_frontend(frame)
         assert isinstance(message, Parse)
         decision = self.decider.decide(self.group, message.sql)
-        clash = await self._may_create(self.statements, message.name, out)
+        clash = None if self.statements.check_create(
+            message.name, self._batch, self._answered) is None \
+            else await self._may_create(self.statements, message.name, out)
         if clash is not None:
             record = self._record(message.sql, decision, 0, "blocked", reason=clash[1])
             self._spool(record, StatementOutcome(record.record_id, None, 0.0, clash[0]))
@@ -860,13 +866,17 @@ class Session:
     async def _on_bind(self, frame: Frame, out: list[bytes]) -> None:
         message = decode_frontend(frame)
         assert isinstance(message, Bind)
-        found = await self._find(self.statements, message.statement, out)
+        found = self.statements.lookup(message.statement, self._batch)
+        if isinstance(found, Wait):
+            found = await self._find(self.statements, message.statement, out)
         if isinstance(found, Refuse):
             prepared = Prepared("<unknown prepared statement>", None,
                                 (found.sqlstate, found.message))
         else:
             prepared = found.slot.value
-        clash = await self._may_create(self.portals, message.portal, out)
+        clash = None if self.portals.check_create(
+            message.portal, self._batch, self._answered) is None \
+            else await self._may_create(self.portals, message.portal, out)
         if clash is not None:
             prepared = Prepared(prepared.sql, prepared.decision, clash)
         if prepared.refused is not None:
@@ -890,7 +900,9 @@ class Session:
     async def _on_execute(self, frame: Frame, out: list[bytes]) -> None:
         message = decode_frontend(frame)
         assert isinstance(message, Execute)
-        found = await self._find(self.portals, message.portal, out)
+        found = self.portals.lookup(message.portal, self._batch)
+        if isinstance(found, Wait):
+            found = await self._find(self.portals, message.portal, out)
         if isinstance(found, Refuse):
             refusal = (found.sqlstate, found.message)
             record = self._record("<Execute of an unknown portal>", None, None, "blocked",
@@ -946,25 +958,26 @@ class Session:
                           out: list[bytes]) -> tuple[str, str] | None:
         """None when a creation of ``name`` may be sent now; else the refusal (a name the
         server holds already).  Waits while an earlier batch's answer about it is due."""
+        check = book.check_create(name, self._batch, self._answered)
         while True:
-            check = book.check_create(name, self._batch, self._answered)
             if isinstance(check, Wait):
                 await self._settle(check.slot, out)
+                check = book.check_create(name, self._batch, self._answered)
                 continue
             if isinstance(check, WaitAnswers):
                 await self._settle_batches(out)
+                check = book.check_create(name, self._batch, self._answered)
                 continue
             return None if check is None else (check.sqlstate, check.message)
 
     async def _find(self, book: NameBook[_V], name: str, out: list[bytes]) -> Found[_V] | Refuse:
         """What a run of ``name`` sent now runs (waiting while an earlier batch's answer
         about it is due), or why it may not run."""
-        while True:
+        found = book.lookup(name, self._batch)
+        while isinstance(found, Wait):
+            await self._settle(found.slot, out)
             found = book.lookup(name, self._batch)
-            if isinstance(found, Wait):
-                await self._settle(found.slot, out)
-                continue
-            return found
+        return found
 
     async def _settle_batches(self, out: list[bytes]) -> None:
         """Send what is queued and wait until the server has answered every earlier batch."""
