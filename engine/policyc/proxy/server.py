@@ -249,6 +249,10 @@ class ProxyServer:
             await self.approvals.close()
         if self.audit is not None:
             await self.audit.close()
+        if self._ceilings_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._ceilings_conn.close()
+            self._ceilings_conn = None
 
     # ---- connections -------------------------------------------------------------------
 
