@@ -254,10 +254,10 @@ def run_case(case: Case, db: Database, proxy: RunningProxy) -> None:
             expect = step.get("expect", "ok")
             if "reconnect" in step:
                 # a new session of the same agent, once the trail holds this many records
-                wanted = int(step["reconnect"])
+                recorded = int(step["reconnect"])
                 query = (f"SELECT count(*) FROM audit.statements WHERE agent = '{agent}' "
                          "AND rows IS NOT NULL")
-                wait_for(lambda q=query, n=wanted: db.execute(q)[0][0] >= n, timeout=10)
+                wait_for(lambda q=query, n=recorded: db.execute(q)[0][0] >= n, timeout=10)
                 assert conn is not None
                 conn.close()
                 conn = psycopg.connect(dsn, autocommit=True)  # noqa: PLW2901 (closed in finally)

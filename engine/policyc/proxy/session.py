@@ -238,6 +238,8 @@ class Portal:
 
 
 _COMPLETES: dict[bytes, str] = {b"1": "parse", b"2": "bind", b"3": "close"}
+#: Extended-protocol messages: after one, only a Sync ends the batch.
+_EXTENDED = frozenset({b"P", b"B", b"D", b"E", b"C"})
 
 _BINARY_DECODERS: dict[int, Any] = {
     16: lambda b: "true" if b == b"\x01" else "false",
@@ -299,6 +301,7 @@ class Session:
     # budget.  The server starts it at the budget less what the agent used in the window.
     row_budget_left: int | None = None
     _answer_waiters: list[Callable[[], None]] = field(default_factory=list)
+    _unsynced: bool = False  # extended-protocol messages since the last Sync
     transaction_status: str = "I"
     end_reason: str = "client closed the connection"
     _error_sqlstate: str | None = None
@@ -357,6 +360,15 @@ class Session:
                     raise SessionClosed
                 if kind in (b"Q", b"P", b"E", b"F"):
                     self._check_token()
+                if kind in _EXTENDED:
+                    self._unsynced = True
+                elif kind in (b"Q", b"F") and self._unsynced:
+                    # after an error the server skips everything up to the next Sync, a Query
+                    # included (with no ReadyForQuery for it): the proxy could no longer tell
+                    # which answer belongs to which record. No driver sends this.
+                    raise ProtocolViolation(
+                        "a simple Query inside an unfinished extended-protocol batch: send "
+                        "Sync first", "08P01")
                 if kind == b"Q":
                     await self._on_query(frame, out)
                     self._batch += 1
@@ -387,6 +399,7 @@ class Session:
                     out.append(frame.raw)
                     self._expect(Expect("sync", batch=self._batch))
                     self._batch += 1
+                    self._unsynced = False
                 elif kind in (b"H", b"d", b"c", b"f"):
                     out.append(frame.raw)
                 elif kind == b"F":
