@@ -244,7 +244,7 @@ class Spool:
                 os.close(fd)
             with self._prealloc_lock:
                 os.rename(tmp, self.directory / PREALLOC_NAME)
-            _fsync_path(self.directory)
+            fsync_directory(self.directory)
         except OSError as exc:
             log.warning("audit spool: could not preallocate the next segment (%s)",
                         exc.strerror or type(exc).__name__)
@@ -307,7 +307,7 @@ def _make_private_dirs(directory: Path) -> None:
         except FileExistsError:
             continue
         os.chmod(path, 0o700)  # whatever the umask
-        _fsync_path(path.parent)
+        fsync_directory(path.parent)
 
 
 def _lock_holder(fd: int) -> str:
@@ -319,7 +319,8 @@ def _lock_holder(fd: int) -> str:
     return f" (pid {text})" if text.isdigit() else ""
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Make a directory's entries (a new or renamed file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

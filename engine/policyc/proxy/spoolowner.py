@@ -43,6 +43,7 @@ from typing import Any
 import psycopg
 
 from policyc.errors import PolicycError
+from policyc.proxy.spool import fsync_directory
 from policyc.resources import sql_dir
 
 OWNER_NAME = "owner.json"
@@ -147,7 +148,7 @@ def write_owner(directory: Path, owner: UpstreamIdentity, proxy_name: str,
     finally:
         os.close(fd)
     os.rename(tmp, directory / OWNER_NAME)
-    _fsync_dir(directory)
+    fsync_directory(directory)
 
 
 def _claimed_at(directory: Path) -> str | None:
@@ -183,7 +184,7 @@ def claim(directory: Path, upstream: UpstreamIdentity, proxy_name: str,
         write_owner(directory, upstream, proxy_name)
         if adopt.exists():
             adopt.unlink()
-            _fsync_dir(directory)
+            fsync_directory(directory)
         return "adopted" if undrained else "claimed"
     if not owner.same_database(upstream):
         raise SpoolOwnershipError(
@@ -195,14 +196,6 @@ def claim(directory: Path, upstream: UpstreamIdentity, proxy_name: str,
         write_owner(directory, upstream, proxy_name, _claimed_at(directory))
         return "updated"
     return "owned"
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- the default location ---------------------------------------------------------------------
