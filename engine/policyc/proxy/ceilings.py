@@ -10,6 +10,7 @@ own (never the agent's session: what an agent put in its startup packet must not
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -59,6 +60,7 @@ def timeout_ms(value: str) -> int:
     return round(ms)
 
 
+@functools.cache
 def _query() -> str:
     return (sql_dir() / "proxy" / "timeout_ceilings.sql").read_text()
 

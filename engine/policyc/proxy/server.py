@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import secrets
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +77,11 @@ log = logging.getLogger("policyc.proxy")
 CEILINGS_SECONDS = 60.0
 
 
+@functools.cache
+def _rows_used_sql() -> str:
+    return (sql_dir() / "proxy" / "rows_used.sql").read_text()
+
+
 async def _server_version_num(config: ProxyConfig) -> int:
     """The upstream's ``server_version_num``, asked through the service role."""
     async with await psycopg.AsyncConnection.connect(config.upstream.conninfo(),
@@ -84,7 +91,6 @@ async def _server_version_num(config: ProxyConfig) -> int:
         raise PolicycError("the database did not say its version")
     return int(row[0])
 
-UTF8_NAMES = {"utf8", "utf-8", "unicode"}
 TOO_MANY_CONNECTIONS = "53300"
 LOGIN_TIMEOUT_SQLSTATE = "57014"  # PostgreSQL's own "canceling authentication due to timeout"
 EARLY_RECORD_INTERVAL = 1.0  # seconds: refusals before a startup packet are recorded this often
@@ -152,21 +158,28 @@ class ProxyServer:
         budget = group.approval.budget
         if budget is None:
             return None
+        async with self._service("the audit trail cannot be read") as conn:
+            cursor = await conn.execute(
+                _rows_used_sql(),
+                {"agent": agent, "group": group.name, "seconds": budget.per_seconds,
+                 "tables": [str(t) for t in group.tables()]})
+            row = await cursor.fetchone()
+        used = int(row[0]) if row else 0
+        return max(0, budget.rows - used)
+
+    @contextlib.asynccontextmanager
+    async def _service(self, why: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The proxy's own connection for what a login needs to read (ceilings, budgets),
+        one user at a time; CeilingsUnavailable (the login is refused) when it fails."""
         async with self._ceilings_lock:
             try:
                 if self._ceilings_conn is None or self._ceilings_conn.closed:
                     self._ceilings_conn = await psycopg.AsyncConnection.connect(
                         self.config.upstream.conninfo(), autocommit=True)
-                cursor = await self._ceilings_conn.execute(
-                    (sql_dir() / "proxy" / "rows_used.sql").read_text(),
-                    {"agent": agent, "group": group.name, "seconds": budget.per_seconds,
-                     "tables": [str(t) for t in group.tables()]})
-                row = await cursor.fetchone()
+                yield self._ceilings_conn
             except (psycopg.Error, OSError):
                 self._ceilings_conn = None
-                raise CeilingsUnavailable("the audit trail cannot be read") from None
-        used = int(row[0]) if row else 0
-        return max(0, budget.rows - used)
+                raise CeilingsUnavailable(why) from None
 
     async def _timeout_ceilings(self, role: str) -> dict[str, int]:
         """The DBA's statement, lock and idle-in-transaction timeouts for ``role`` (ms, 0:
@@ -176,15 +189,8 @@ class ProxyServer:
         found = self._ceilings.get(role)
         if found is not None and now - found[0] < CEILINGS_SECONDS:
             return found[1]
-        async with self._ceilings_lock:
-            try:
-                if self._ceilings_conn is None or self._ceilings_conn.closed:
-                    self._ceilings_conn = await psycopg.AsyncConnection.connect(
-                        self.config.upstream.conninfo(), autocommit=True)
-                ceilings = await session_timeout_ceilings(self._ceilings_conn, role)
-            except (psycopg.Error, OSError):
-                self._ceilings_conn = None
-                raise CeilingsUnavailable("the database cannot be reached") from None
+        async with self._service("the database cannot be reached") as conn:
+            ceilings = await session_timeout_ceilings(conn, role)
         self._ceilings[role] = (now, ceilings)
         return ceilings
 
@@ -440,7 +446,7 @@ class ProxyServer:
         # database defaults, and it is what RESET and DISCARD ALL return to
         forwarded: dict[str, str] = dict(PINNED_STARTUP)
         encoding = params.get("client_encoding", "UTF8").strip().strip("'\"").lower()
-        if encoding not in UTF8_NAMES:
+        if encoding not in PINNED["client_encoding"]:
             raise LoginRefused("bad_encoding", "policyc: only client_encoding UTF8 is supported",
                                "22023")
         if "application_name" in params:
