@@ -833,10 +833,8 @@ class Session:
         clash = None if self.statements.check_create(
             message.name, self._batch, self._answered) is None \
             else await self._may_create(self.statements, message.name, out)
-        if clash is not None:
-            record = self._record(message.sql, decision, 0, "blocked", reason=clash[1])
-            self._spool(record, StatementOutcome(record.record_id, None, 0.0, clash[0]))
-            self._poison(out, "parse", clash)
+        if clash is not None:  # the name stays what it was: no slot of ours
+            self._refuse_parse(out, message, decision, 0, clash, clash[1], refused_name=False)
             return
         stop = decision.blocked_index
         if stop is not None and self._holdable(decision):
@@ -845,12 +843,7 @@ class Session:
                                                 decision.classification.statements)
                         if found is not None), None) if self.timeout_ceilings else None
         if ceiling is not None:
-            record = self._record(message.sql, decision, 0, "blocked", reason=ceiling[1])
-            self._spool(record, StatementOutcome(record.record_id, None, 0.0, ceiling[0]))
-            slot, _answered = self.statements.create(
-                message.name, Prepared(message.sql, decision, ceiling), self._batch)
-            slot.settle("ok")
-            self._poison(out, "parse", ceiling)
+            self._refuse_parse(out, message, decision, 0, ceiling, ceiling[1])
             return
         if decision.classification.error is not None or stop is not None:
             index = 0 if stop is None else stop
@@ -860,21 +853,29 @@ class Session:
                            f"policyc: statement refused: {verdict.reason}")
             else:
                 refusal = self._refusal(decision, index)
-            record = self._record(message.sql, decision, index, "blocked",
-                                  reason=decision.verdicts[index].reason)
-            self._spool(record, StatementOutcome(record.record_id, None, 0.0, refusal[0]))
-            # the server never holds this name (the poison fails before it stores anything;
-            # an unnamed statement is dropped first): later runs of it are refused by us
-            slot, _answered = self.statements.create(
-                message.name, Prepared(message.sql, decision, refusal), self._batch)
-            slot.settle("ok")
-            self._poison(out, "parse", refusal)
+            self._refuse_parse(out, message, decision, index, refusal,
+                               decision.verdicts[index].reason)
             return
         _slot, answered = self.statements.create(
             message.name, Prepared(message.sql, decision, param_types=message.param_types),
             self._batch)
         out.append(frame.raw)
         self._expect(Expect("parse", on_done=answered))
+
+    def _refuse_parse(self, out: list[bytes], message: Parse, decision: Decision, index: int,
+                      refusal: tuple[str, str], reason: str | None, *,
+                      refused_name: bool = True) -> None:
+        """Record a refused Parse and send its poison.  ``refused_name``: the name now
+        stands for the refused statement in the proxy's book, so later runs of it are
+        refused with this reason (the server holds nothing new under it: the poison fails
+        before it stores anything)."""
+        record = self._record(message.sql, decision, index, "blocked", reason=reason)
+        self._spool(record, StatementOutcome(record.record_id, None, 0.0, refusal[0]))
+        if refused_name:
+            slot, _answered = self.statements.create(
+                message.name, Prepared(message.sql, decision, refusal), self._batch)
+            slot.settle("ok")
+        self._poison(out, "parse", refusal)
 
     async def _on_bind(self, frame: Frame, out: list[bytes]) -> None:
         message = decode_frontend(frame)
