@@ -367,9 +367,7 @@ def _setting_reason(info: StatementInfo, group: Group) -> str | None:
         return "changing search_path is not allowed: agents stay in their group's view schema"
     if setting == "all":  # RESET ALL: back to the startup, role and database values
         return None
-    if setting in PINNED:
-        return setting_value_reason(setting, info.values, group)
-    if setting in TIMEOUTS:
+    if setting in PINNED or setting in TIMEOUTS:
         return setting_value_reason(setting, info.values, group)
     if setting in SETTABLE:
         return None
