@@ -204,6 +204,32 @@ def _check_columns(
     return good
 
 
+def _row_name(table: Table) -> str:
+    """How the view's SQL names a row of its base table: the table's own (unqualified) name.
+
+    The view reads the base table without an alias, so the row filter's text, written against
+    the table by its own name (``claims.visit_id``, even ``public.claims.visit_id``) as the
+    row-security policy reads it, means the same in the view's WHERE clause; the masks' column
+    references use this same name.
+    """
+    return ident(table.name.name)
+
+
+def _view_filter(group: Group, table: Table) -> str | None:
+    """The group's row filter of the table, as its row-security policy has it, for the view's
+    WHERE clause: the planner then estimates the rows the group sees (the policy's
+    ``CURRENT_USER <> group OR filter`` hides the filter from estimates) and can use an index.
+    Row security stays the fence; this adds the same predicate, so no group sees or writes
+    anything else.  A filter that does not parse is reported by the row-security object."""
+    text = group.rows.get(table.name)
+    if text is None:
+        return None
+    try:
+        return policy_sql(text)
+    except ValueError:
+        return None
+
+
 def _view_object(
     policy: Policy, group: Group, table: Table, problems: _Problems
 ) -> DesiredObject | None:
@@ -229,12 +255,13 @@ def _view_object(
     unmasked = {ref.column for ref in group.unmask if ref.table == table.name}
     in_view = read_cols | set(insert_cols) | set(update_cols)
     phi = policy.phi.get(table.name, {})
+    row_name = _row_name(table)
     columns = []
     masks: dict[str, str | None] = {}
     for column in table.columns:
         if column.name not in in_view:
             continue
-        ref = f"t.{ident(column.name)}"
+        ref = f"{row_name}.{ident(column.name)}"
         mask = phi.get(column.name)
         expression = ref
         if mask is not None and column.name in read_cols and column.name not in unmasked:
@@ -269,6 +296,7 @@ def _view_object(
         "update": [c for c in order if c in update_cols],
         "delete": delete,
         "sequences": sequences,
+        "where": _view_filter(group, table),
         "comment": f"policyc: {table.name} as group {group.name} sees it (masked, filtered)",
     }
     return DesiredObject(
