@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all system-deps venv test lint typecheck unit demo extension bench clean
+.PHONY: all system-deps venv node-deps test lint typecheck unit demo extension bench clean
 
 all: test
 
@@ -19,6 +19,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# node-postgres for tests/test_clients_other.py, from the committed lock file (never at test time).
+NODE_DIR   := tests/clients/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
+node-deps: $(NODE_STAMP)
+
 lint: venv
 	$(BIN)/ruff check .
 
@@ -26,7 +36,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 # The whole suite against throwaway PostgreSQL clusters; .ci/run calls exactly this.
-test: system-deps venv lint typecheck
+test: system-deps venv node-deps lint typecheck
 	$(BIN)/pytest
 
 # Only the fast tests (no database), for a quick loop while editing.
@@ -45,4 +55,4 @@ bench: system-deps venv
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info engine/*.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info engine/*.egg-info $(NODE_DIR)/node_modules

@@ -99,8 +99,8 @@ def test_error_text_is_file_line_key_message() -> None:
     assert len(lines) == 22
     assert lines[6] == (
         f"{path}:16: groups.billing.raed: unknown key 'raed' (did you mean 'read'?); "
-        "allowed here: allow_do, approval, functions, limits, oidc_groups, read, rows, unmask, "
-        "write"
+        "allowed here: allow_do, approval, catalog, functions, limits, oidc_groups, read, rows, "
+        "unmask, write"
     )
     assert info.value.code == "policy"
 
@@ -293,7 +293,7 @@ def test_unknown_keys_are_reported_where_they_are_with_a_suggestion() -> None:
             13,
             "groups.g.approval.row_over",
             "unknown key 'row_over' (did you mean 'rows_over'?); allowed here: budget, "
-            "in_transaction, rows_over, statements",
+            "in_transaction, mode, rows_over, statements",
         ),
     ]
 
@@ -632,3 +632,26 @@ def test_one_bad_name_is_one_problem_not_a_cascade() -> None:
         (8, "groups.g.unmask[0]"),
         (8, "groups.g.unmask[1]"),
     ]
+
+
+def test_group_catalog_and_work_mem_are_checked_where_they_are() -> None:
+    text = group(
+        """\
+        read: {public.patients: "*"}
+        catalog: [pg_catalog.pg_policy, public.patients, PG_CATALOG.PG_AUTHID]
+        limits: {work_mem: lots}
+        """
+    )
+    problems = found(text)
+    assert [key for _, key, _ in problems] == [
+        "groups.g.catalog[1]", "groups.g.catalog[2]", "groups.g.limits.work_mem"]
+    assert "is not a catalog relation name" in problems[0][2]
+    good = load_policy_text(dedent(group(
+        """\
+        read: {public.patients: "*"}
+        catalog: [pg_catalog.pg_policy]
+        limits: {work_mem: 16MiB}
+        """)), source="inline.yaml")
+    billing = good.groups[0]
+    assert billing.catalog == ("pg_catalog.pg_policy",)
+    assert billing.limits.work_mem == 16 * 1024

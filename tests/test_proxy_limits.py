@@ -503,3 +503,42 @@ def _readable(sock: socket.socket) -> bool:
     import select
 
     return bool(select.select([sock], [], [], 0)[0])
+
+
+# ---- timeouts through the proxy: every route, the policy's and the role's ceilings ---------
+
+
+def test_timeouts_may_only_be_lowered_by_every_route(clinic_db: Database,
+                                                     tmp_path: Path) -> None:
+    policy = _with_limits(clinic_policy(clinic_db.name),
+                          clinician=GroupLimits(statement_timeout=30))
+    _apply(clinic_db, policy)
+    # the DBA's own ceiling for research (no policy limit): the role setting
+    clinic_db.execute("ALTER ROLE research SET lock_timeout = '20s'")
+    with _proxy(clinic_db, tmp_path, policy) as proxy:
+        with proxy.connect("agent-c", "clinician", clinic_id=1) as conn:
+            conn.execute("SET statement_timeout = '10s'")
+            with conn.transaction():  # PostgREST's per-request idiom
+                assert conn.execute("SELECT set_config('statement_timeout', '5s', true)"
+                                    ).fetchone() == ("5s",)
+            for attempt, params in (("SET statement_timeout = '60s'", None),
+                                    ("SET statement_timeout = 0", None),
+                                    ("SELECT set_config('statement_timeout', '1min', true)", None),
+                                    ("SELECT set_config('statement_timeout', %s, false)", ("1s",)),
+                                    ("RESET statement_timeout; SET statement_timeout = '31s'",
+                                     None)):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                                   match="may only be lowered"):
+                    conn.execute(attempt, params)
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("10s",)
+        with proxy.connect("agent-r", "research") as conn:
+            conn.execute("SET lock_timeout = '5s'")
+            for attempt in ("SET lock_timeout = '1min'",
+                            "SELECT set_config('lock_timeout', '21s', false)"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                                   match="may only be lowered"):
+                    conn.execute(attempt)
+            assert conn.execute("SHOW lock_timeout").fetchone() == ("5s",)
+        with pytest.raises(psycopg.OperationalError, match="may only be lowered"):
+            psycopg.connect(proxy.dsn("agent-c", "clinician", clinic_id=1) +
+                            " options='-c statement_timeout=0'")

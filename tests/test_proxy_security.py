@@ -130,7 +130,15 @@ def test_tls_is_required_off_loopback_and_for_non_loopback_policy(
 def test_wrong_database_and_forbidden_startup_settings(proxy: RunningProxy) -> None:
     token = proxy.token("agent-7", "billing")
     error = _login_error(proxy, "agent-7", token, options="'-c search_path=public'")
-    assert "search_path may not be set" in str(error)
+    assert "search_path may list only group billing's own schema" in str(error)
+    error = _login_error(proxy, "agent-7", token, options="'-c work_mem=2GB'")
+    assert "work_mem may be at most 65536 kB" in str(error)
+    # the group's own schema (and the catalog) are fine as startup options too
+    with psycopg.connect(proxy.dsn("agent-7", token=token) +
+                         " options='-c search_path=pg_catalog,billing -c work_mem=4MB'",
+                         autocommit=True) as conn:
+        assert conn.execute("SHOW search_path").fetchone() == ("pg_catalog,billing",)
+        assert conn.execute("SHOW work_mem").fetchone() == ("4MB",)
     dsn = proxy.dsn("agent-7", token=token).replace(f"dbname={proxy.database}", "dbname=postgres")
     with pytest.raises(psycopg.OperationalError, match="not served here"):
         psycopg.connect(dsn)

@@ -15,8 +15,11 @@ SELECT p.full_name FROM patients p JOIN visits v ON v.patient_id = p.id
 => select[] masked tables=public.patients,public.visits phi=public.patients.full_name
 => clinician: select[] allowed phi=public.patients.full_name
 
+# only the PHI columns the group's view carries (billing's has no email, phone or zip)
 select * from patients
-=> select[] masked phi=public.patients.birth_date,public.patients.email,public.patients.full_name,public.patients.ssn,public.patients.zip
+=> select[] masked phi=public.patients.birth_date,public.patients.full_name,public.patients.ssn
+=> research: select[] masked phi=public.patients.birth_date,public.patients.full_name,public.patients.ssn
+=> clinician: select[] masked phi=public.patients.birth_date,public.patients.email,public.patients.full_name,public.patients.ssn,public.patients.zip
 
 table visits
 => select[] masked phi=public.visits.diagnosis,public.visits.notes
@@ -24,7 +27,7 @@ table visits
 
 # whole-row reference to an alias reads every column
 select p from patients p
-=> select[] masked phi=public.patients.birth_date,public.patients.email,public.patients.full_name,public.patients.ssn,public.patients.zip
+=> select[] masked phi=public.patients.birth_date,public.patients.full_name,public.patients.ssn
 
 select row_to_json(v) from visits v where v.id = 1
 => select[] masked phi=public.visits.diagnosis,public.visits.notes
@@ -146,3 +149,22 @@ MERGE INTO claims c USING staged s ON c.id = s.id WHEN NOT MATCHED BY SOURCE THE
 
 SELECT * FROM patients FOR UPDATE
 => select[] masked
+
+# writes go only to the group's views: pg_settings' update rule would call set_config unseen
+UPDATE pg_settings SET setting = 'public' WHERE name = 'search_path'
+=> update[] blocked tables=.pg_settings
+
+update pg_catalog.pg_settings set setting = 'off' where name = 'jit'
+=> update[] blocked tables=pg_catalog.pg_settings
+
+WITH x AS (UPDATE pg_settings SET setting = 'on' WHERE name = 'jit' RETURNING 1) SELECT * FROM x
+=> select[write_in_cte] blocked tables=.pg_settings
+
+INSERT INTO pg_catalog.pg_description VALUES (1, 1, 0, 'x')
+=> insert[] blocked tables=pg_catalog.pg_description
+
+DELETE FROM information_schema.sql_features WHERE true
+=> delete[delete_all] blocked tables=information_schema.sql_features
+
+UPDATE billing.claims SET status = 'x' WHERE id = 1
+=> update[] allowed tables=public.claims

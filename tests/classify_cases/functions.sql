@@ -1,12 +1,71 @@
 # functions are found anywhere in the tree, by last name part, case-insensitively
 select set_config('role','x',false)
-=> select[role_change,set_config] blocked
+=> select[role_change] blocked
 
+# set_config is judged like SET of its setting to its value (settings.setting_reason)
 SELECT pg_catalog.set_config('statement_timeout', '1s', true)
+=> select[] allowed
+
+SELECT current_setting('jit'), set_config('jit', 'off', false)
+=> select[] allowed
+
+SELECT pg_catalog.set_config('search_path', '', false)
+=> select[] allowed
+
+select set_config('search_path', 'billing, "$user",pg_temp , PG_CATALOG', false)
+=> select[] allowed
+
+select set_config('search_path', 'billing, public', false)
+=> select[] blocked
+
+select set_config('search_path', '"Billing"', false)
+=> select[] blocked
+
+select set_config('search_path', current_setting('search_path'), false)
+=> select[] blocked
+
+select set_config('client_encoding', 'LATIN1', false)
+=> select[] blocked
+
+select set_config('app.tenant_id', '2', false)
+=> select[] blocked
+
+select set_config('policyc.claims', '{}', true)
 => select[set_config] blocked
 
+select set_config('work_mem', '1GB', false)
+=> select[] blocked
+
+select set_config('work_mem', NULL, false)
+=> select[] allowed
+
 SELECT SET_CONFIG($1, $2, false)
-=> select[role_change,set_config] blocked
+=> select[set_config] blocked
+
+# pg_dump 15.8+: the name column of exactly one pg_settings row, bound by the WHERE literal
+SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'
+=> select[] allowed
+
+SELECT set_config(name, 'off', false) FROM pg_catalog.pg_settings WHERE name = 'jit'
+=> select[] allowed
+
+SELECT set_config(name, 'postgres', false) FROM pg_settings WHERE name = 'role'
+=> select[set_config] blocked
+
+SELECT set_config(name, 'public', false) FROM pg_settings WHERE name = 'search_path'
+=> select[] blocked
+
+SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'jit' OR name = 'role'
+=> select[set_config] blocked
+
+SELECT set_config(name, 'x', false) FROM pg_settings
+=> select[set_config] blocked
+
+SELECT set_config(name, 'x', false) FROM pg_settings s WHERE name = 'jit'
+=> select[set_config] blocked
+
+SELECT set_config(name, 'x', false) FROM (SELECT 'role' AS name) pg_settings WHERE name = 'jit'
+=> select[set_config] blocked
 
 SELECT * FROM (SELECT pg_read_file('/etc/passwd')) s
 => select[file_access] blocked

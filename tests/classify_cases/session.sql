@@ -40,20 +40,45 @@ set policyc.agent = 'root'
 RESET policyc.claims
 => reset[set_config] blocked
 
-# search_path stays the group's view schema
+# search_path may name only the group's own schema, pg_catalog, pg_temp and ''
 SET search_path = public
 => set[] blocked
 
-set search_path to default
+SET search_path = billing, public
 => set[] blocked
+
+set search_path to default
+=> set[] allowed
 
 SET SCHEMA 'public'
 => set[] blocked
 
+SET SCHEMA 'billing'
+=> set[] allowed
+
 RESET search_path
-=> reset[] blocked
+=> reset[] allowed
+
+SET search_path = billing
+=> set[] allowed
+
+SET search_path TO "$user", pg_catalog, pg_temp
+=> set[] allowed
+
+SET search_path = 'billing, pg_catalog'
+=> set[] blocked
+
+SET search_path = research
+=> set[] blocked
+=> research: set[] allowed
 
 SHOW search_path
+=> show[] allowed
+
+SHOW ALL
+=> show[] allowed
+
+SHOW data_directory
 => show[] allowed
 
 # harmless settings
@@ -74,6 +99,24 @@ SET TIME ZONE 'UTC'
 
 set extra_float_digits = 3
 => set[] allowed
+
+SET jit = off
+=> set[] allowed
+
+SET work_mem = '8MB'
+=> set[] allowed
+
+SET work_mem = 65536
+=> set[] allowed
+
+SET work_mem = '65MB'
+=> set[] blocked
+
+SET work_mem = '1TB'
+=> set[] blocked
+
+SET enable_seqscan = off
+=> set[] blocked
 
 SET client_encoding TO 'UTF8'
 => set[] allowed
@@ -158,8 +201,9 @@ SHOW server_version
 SET work_mem = '4GB'
 => set[] blocked
 
+# row_security off can only turn filtered reads into errors (tests/attacks/settings.yaml)
 SET row_security = off
-=> set[] blocked
+=> set[] allowed
 
 SET log_statement = 'none'
 => set[] blocked
@@ -167,11 +211,6 @@ SET log_statement = 'none'
 SET myapp.tenant = 42
 => set[] blocked
 
-SHOW ALL
-=> show[] blocked
-
-SHOW data_directory
-=> show[] blocked
 
 # transactions
 BEGIN

@@ -60,6 +60,7 @@ ROOT_KEY = "(root)"
 MAX_LEEWAY_SECONDS = 300
 _RESERVED_GROUPS = frozenset({"public", "audit", "policyc"})
 _RESERVED_PREFIXES = ("pg_", "policyc_")
+_CATALOG_NAME = re.compile(r"^(pg_catalog|information_schema)\.[a-z_][a-z0-9_]{0,62}$")
 _FUNCTION_NAME = re.compile(r"^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -490,6 +491,7 @@ class Builder:
             )
         allow_do = value.get("allow_do")
         functions = self._functions((*path, "functions"), value.get("functions"))
+        catalog = self._catalog((*path, "catalog"), value.get("catalog"))
         limits = self._limits((*path, "limits"), value.get("limits"))
         return Group(
             name=name,
@@ -502,7 +504,22 @@ class Builder:
             allow_do=allow_do if isinstance(allow_do, bool) else False,
             functions=functions,
             limits=limits,
+            catalog=catalog,
         )
+
+    def _catalog(self, path: Path, value: object) -> tuple[str, ...]:
+        """``catalog``: catalog relations the registry refuses that this group may read."""
+        out: list[str] = []
+        for index, item in self._unique_strings(path, value, "catalog relation"):
+            if not _CATALOG_NAME.match(item):
+                self.report(
+                    (*path, index),
+                    f"'{item}' is not a catalog relation name (pg_catalog.name or "
+                    "information_schema.name, lower case)",
+                )
+                continue
+            out.append(item)
+        return tuple(out)
 
     def _functions(self, path: Path, value: object) -> tuple[str, ...]:
         """``functions``: extra functions the group's agents may call, schema-qualified."""
@@ -536,6 +553,8 @@ class Builder:
             statement_timeout=timeout("statement_timeout"),
             lock_timeout=timeout("lock_timeout"),
             idle_in_transaction_session_timeout=timeout("idle_in_transaction_session_timeout"),
+            work_mem=self._size((*path, "work_mem"), section["work_mem"], 0) // 1024 or None
+            if "work_mem" in section else None,
         )
 
     def _writes(self, path: Path, value: object) -> dict[TableName, WriteGrant]:
@@ -681,6 +700,7 @@ class Builder:
             if item in RISKY_STATEMENTS
         )
         in_transaction = section.get("in_transaction")
+        mode = section.get("mode")
         budget: RowBudget | None = None
         raw_budget = section.get("budget")
         if isinstance(raw_budget, dict):
@@ -694,6 +714,7 @@ class Builder:
             statements=statements,
             in_transaction=in_transaction if in_transaction in ("hold", "refuse") else "hold",
             budget=budget,
+            mode=mode if mode in ("wait", "ticket") else "wait",
         )
 
 

@@ -117,6 +117,9 @@ class ApprovalRules:
     statements: tuple[str, ...] = ()
     in_transaction: str = "hold"  # "hold" or "refuse"
     budget: RowBudget | None = None
+    # "wait": the client waits for the decision; "ticket": it is refused at once with the
+    # request's id and runs the identical statement again once approved
+    mode: str = "wait"
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class GroupLimits:
     statement_timeout: int | None = None
     lock_timeout: int | None = None
     idle_in_transaction_session_timeout: int | None = None
+    work_mem: int | None = None  # kB an agent may SET work_mem to (the proxy's default if None)
 
     def timeouts(self) -> dict[str, int]:
         """The timeouts set, by setting name."""
@@ -166,6 +170,9 @@ class Group:
     # "schema.name" (lower case); see policyc.proxy.registry
     functions: tuple[str, ...] = ()
     limits: GroupLimits = field(default_factory=GroupLimits)
+    # catalog relations beyond the registry's readable ones that agents of the group may read,
+    # as "pg_catalog.name" (pg_dump needs pg_policy); see policyc.proxy.registry
+    catalog: tuple[str, ...] = ()
 
     def tables(self) -> tuple[TableName, ...]:
         """Every table this group reaches, read or write, sorted."""

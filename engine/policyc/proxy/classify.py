@@ -142,6 +142,12 @@ class StatementInfo:
     calls: frozenset[tuple[str, str]] = frozenset()
     # schemas of operators written qualified (``OPERATOR(s.op)``)
     operator_schemas: frozenset[str] = frozenset()
+    # every set_config(name, value, ...) call: (lower-cased setting, the value's text; None
+    # for NULL, which resets; NOT_CONSTANT when not a literal), judged like SET
+    config_calls: tuple[tuple[str, str | None], ...] = ()
+    # relations the statement writes, as written (INSERT, UPDATE, DELETE, MERGE, COPY FROM;
+    # data-modifying CTEs included)
+    targets: frozenset[WrittenTableName] = frozenset()
 
     @property
     def tables_without_ctes(self) -> frozenset[TableName]:
@@ -267,7 +273,6 @@ def _is_ddl(node: str) -> bool:
 # --------------------------------------------------------------------------- functions
 
 _FUNCTION_RISKS: Final[dict[str, frozenset[str]]] = {
-    "set_config": frozenset({"set_config"}),
     "pg_read_file": frozenset({"file_access"}),
     "pg_read_binary_file": frozenset({"file_access"}),
     "pg_stat_file": frozenset({"file_access"}),
@@ -346,13 +351,16 @@ class _Collector:
         "aliases",
         "calls",
         "column_refs",
+        "config_calls",
         "ctes",
         "direct_columns",
         "executes",
         "functions",
         "operator_schemas",
         "risky",
+        "settings_by_row",
         "tables",
+        "targets",
         "using",
     )
 
@@ -366,6 +374,9 @@ class _Collector:
         self.ctes: set[str] = set()
         self.direct_columns: set[ColumnUse] = set()
         self.calls: set[tuple[str, str]] = set()
+        self.config_calls: list[tuple[str, str | None]] = []
+        self.settings_by_row: list[str | None] = []  # set_config(name, value) of pg_settings
+        self.targets: set[TableName] = set()  # relations written (INSERT/UPDATE/DELETE/MERGE)
         self.executes = 0
         self.operator_schemas: set[str] = set()
 
@@ -401,10 +412,29 @@ class _Collector:
         if risks:
             self.risky.update(risks)
         if name == "set_config":
-            args = node.get("args")
-            first = const_value(args[0]) if isinstance(args, list) and args else None
-            if not isinstance(first, str) or first.lower() in _ROLE_SETTINGS:
-                self.risky.add("role_change")
+            self._set_config(node.get("args"))
+
+    def _set_config(self, args: Any) -> None:
+        """``set_config(name, value, is_local)``: judged like SET by its setting and value
+        (:attr:`StatementInfo.config_calls`); a name that is not a literal could be any
+        setting, the role among them."""
+        first = const_value(args[0]) if isinstance(args, list) and args else None
+        value = _config_value(args)
+        if not isinstance(first, str):
+            column = unwrap(args[0]) if isinstance(args, list) and args else None
+            if column is not None and column[0] == "ColumnRef" and \
+                    names(column[1].get("fields")) == ["name"]:
+                self.settings_by_row.append(value)  # pg_dump's shape: see _pg_settings_name
+            else:
+                self.risky.add("set_config")
+            return
+        setting = first.lower()
+        if setting in _ROLE_SETTINGS:
+            self.risky.add("role_change")
+        elif setting.startswith("policyc."):
+            self.risky.add("set_config")
+        self.config_calls.append((setting, value))
+
 
     def column_ref(self, node: JsonNode) -> None:
         self.column_refs.append(node.get("fields", []))
@@ -415,15 +445,27 @@ class _Collector:
         if query is not None and query[0] in _WRITE_NODES:
             self.risky.add("write_in_cte")
 
+    def target(self, node: JsonNode) -> None:
+        relation = node.get("relation")
+        if isinstance(relation, dict) and "relname" in relation:
+            self.targets.add(TableName(str(relation.get("schemaname", UNQUALIFIED)),
+                                       str(relation["relname"])))
+
+    def insert(self, node: JsonNode) -> None:
+        self.target(node)
+
     def delete(self, node: JsonNode) -> None:
+        self.target(node)
         if _covers_all(node):
             self.risky.add("delete_all")
 
     def update(self, node: JsonNode) -> None:
+        self.target(node)
         if _covers_all(node):
             self.risky.add("update_all")
 
     def merge(self, node: JsonNode) -> None:
+        self.target(node)
         unconditional = const_truth(node.get("joinCondition")) is True
         for clause in node.get("mergeWhenClauses", []):
             body = unwrap(clause)
@@ -454,6 +496,7 @@ def _covers_all(node: JsonNode) -> bool:
 _HANDLERS: Final[dict[str, Callable[[_Collector, JsonNode], None]]] = {
     "ColumnRef": _Collector.column_ref,
     "CommonTableExpr": _Collector.cte,
+    "InsertStmt": _Collector.insert,
     "DeleteStmt": _Collector.delete,
     "UpdateStmt": _Collector.update,
     "MergeStmt": _Collector.merge,
@@ -536,6 +579,44 @@ def _resolve_columns(collector: _Collector) -> frozenset[ColumnUse]:
 # --------------------------------------------------------------------------- statements
 
 
+def _config_value(args: Any) -> str | None:
+    """set_config's value: its literal text, None for NULL (which resets), else NOT_CONSTANT."""
+    if not isinstance(args, list) or len(args) < 2:
+        return NOT_CONSTANT
+    second = unwrap(args[1])
+    if second is not None and second[0] == "A_Const" and second[1].get("isnull"):
+        return None
+    literal = const_value(args[1])
+    return NOT_CONSTANT if literal is None or isinstance(literal, bool) else str(literal)
+
+
+def _pg_settings_name(node: str, body: JsonNode) -> str | None:
+    """The setting a ``set_config(name, ...)`` names when the statement is exactly
+    ``SELECT ... FROM pg_settings WHERE name = 'literal'`` (pg_dump 15.8+ sets
+    restrict_nonsystem_relation_kind this way, so a server without it gets no row): the only
+    row ``name`` can hold is that literal.  None for any other shape."""
+    if node != "SelectStmt" or set(body) - {"targetList", "fromClause", "whereClause",
+                                            "limitOption", "op"}:
+        return None
+    source = body.get("fromClause")
+    if not isinstance(source, list) or len(source) != 1:
+        return None
+    table = unwrap(source[0])
+    if table is None or table[0] != "RangeVar" or table[1].get("relname") != "pg_settings" \
+            or table[1].get("schemaname", "pg_catalog") != "pg_catalog" or table[1].get("alias"):
+        return None
+    where = unwrap(body.get("whereClause"))
+    if where is None or where[0] != "A_Expr" or where[1].get("kind") != "AEXPR_OP" \
+            or names(where[1].get("name")) != ["="]:
+        return None
+    column = unwrap(where[1].get("lexpr"))
+    if column is None or column[0] != "ColumnRef" or names(column[1].get("fields")) != ["name"]:
+        return None
+    literal = const_value(where[1].get("rexpr"))
+    return literal.lower() if isinstance(literal, str) else None
+
+
+
 def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> StatementInfo:
     unwrapped = unwrap(wrapper)
     if unwrapped is None:
@@ -590,6 +671,12 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
     elif node in {"ListenStmt", "NotifyStmt", "UnlistenStmt"}:
         name = body.get("conditionname")  # the channel; None means UNLISTEN *
 
+    if collector.settings_by_row:
+        bound = _pg_settings_name(node, body)
+        if bound is None or bound in _ROLE_SETTINGS or bound.startswith("policyc."):
+            risky.add("set_config")
+        else:
+            collector.config_calls.extend((bound, value) for value in collector.settings_by_row)
     pure = kind in ("select", "show") and side_effect_free(wrapper)
     return StatementInfo(
         kind=kind,
@@ -607,6 +694,8 @@ def _classify_statement(wrapper: JsonNode, text: str, collector: _Collector) -> 
         holdable=node == "DeclareCursorStmt" and bool(int(body.get("options", 0)) & _CURSOR_HOLD),
         calls=frozenset(collector.calls),
         operator_schemas=frozenset(collector.operator_schemas),
+        config_calls=tuple(collector.config_calls),
+        targets=frozenset(collector.targets),
     )
 
 
@@ -746,6 +835,8 @@ def _copy(body: JsonNode, collector: _Collector) -> StatementKind:
     elif body.get("filename") is not None:
         risky.add("file_access")
     relation = body.get("relation")
+    if is_from:
+        collector.target(body)
     if not is_from and isinstance(relation, dict) and "relname" in relation:
         table = TableName(str(relation.get("schemaname", UNQUALIFIED)), str(relation["relname"]))
         columns = names(body.get("attlist")) or ["*"]

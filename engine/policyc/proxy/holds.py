@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -21,10 +22,17 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from policyc.resources import sql_dir
+
 log = logging.getLogger("policyc.proxy.holds")
 
 CHANNEL = "policyc_approvals"
 FINAL = {"approved", "denied", "expired", "cancelled"}
+
+
+@functools.cache
+def _open_request_sql() -> str:
+    return (sql_dir() / "proxy" / "open_request.sql").read_text()
 
 
 def _params_key(parameters: Any) -> str:
@@ -53,6 +61,8 @@ class ApprovalBroker:
         # approvals in force, learnt at start and from every "approved" notification, so the
         # hot path can lift a row limit without a database round trip
         self._valid: dict[tuple[str, str, str, str], tuple[int, float]] = {}
+        # ticket-mode requests nobody waits on: each closes its request as expired on time
+        self._expiring: set[asyncio.Task[str]] = set()
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen())
@@ -60,6 +70,8 @@ class ApprovalBroker:
             await asyncio.wait_for(self._listening.wait(), 10)
 
     async def close(self) -> None:
+        for task in list(self._expiring):
+            task.cancel()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -147,7 +159,7 @@ class ApprovalBroker:
             cur = await self._conn.execute(sql, params)
             return await cur.fetchall()
 
-    async def _query(self, sql: str, params: tuple[Any, ...]) -> Any:
+    async def _query(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> Any:
         async with self._lock:
             for attempt in (1, 2):
                 try:
@@ -178,6 +190,16 @@ class ApprovalBroker:
             "AND parameters IS NOT DISTINCT FROM NULLIF(%s::jsonb, 'null'::jsonb) "
             "AND valid_until > now() ORDER BY decided_at DESC, id DESC LIMIT 1",
             (agent, group, statement, Jsonb(parameters)))
+        return int(found) if found is not None else None
+
+    async def find_open(self, agent: str, group: str, statement: str,
+                        parameters: Any) -> int | None:
+        """A request still pending (and not past its expiry) for this agent, group, exact
+        statement text and parameter values: a ticket-mode retry before the decision names it
+        instead of opening another."""
+        found = await self._query(_open_request_sql(), {
+            "agent": agent, "group": group, "statement": statement,
+            "parameters": Jsonb(parameters)})
         return int(found) if found is not None else None
 
     async def request(self, *, session_id: uuid.UUID, agent: str, human: str | None, group: str,
@@ -212,6 +234,29 @@ class ApprovalBroker:
                                                 "no decision within the hold time")
         finally:
             self._waiters.pop(request_id, None)
+
+    def expire_later(self, request_id: int, hold_seconds: float) -> None:
+        """Ticket mode: nobody waits on this request, yet it must close as expired when its
+        time is up (and its waiter must not outlive it), as a held one does."""
+        task = asyncio.get_running_loop().create_task(self.wait(request_id, hold_seconds))
+        self._expiring.add(task)
+        task.add_done_callback(self._expired)
+
+    def _expired(self, task: asyncio.Task[str]) -> None:
+        self._expiring.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not close approval request as expired (%s)",
+                        type(task.exception()).__name__)
+
+    async def withdraw(self, request_id: int, reason: str) -> str:
+        """The client cancelled its held statement: close the request as cancelled and wake
+        its waiter now, without waiting for the notification.  Returns the final status: a
+        decision that arrived first wins."""
+        final = await self.close_request(request_id, "cancelled", reason)
+        waiter = self._waiters.get(request_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(final)
+        return final
 
     async def close_request(self, request_id: int, status: str, reason: str) -> str:
         """Mark a pending request expired/cancelled; returns its final status (a decision that

@@ -67,8 +67,13 @@ from policyc.proxy.holds import ApprovalBroker
 from policyc.proxy.records import SessionRecord
 from policyc.proxy.registry import registry_for_server_version
 from policyc.proxy.session import Session
+from policyc.proxy.settings import (
+    PINNED,
+    PINNED_STARTUP,
+    SETTABLE,
+    setting_reason,
+)
 from policyc.proxy.upstream import UpstreamError, connect, send_cancel
-from policyc.proxy.verdict import PINNED, PINNED_STARTUP, SETTABLE, TIMEOUTS, setting_value_reason
 from policyc.resources import sql_dir
 from policyc.webhook import WebhookNotifier
 
@@ -437,6 +442,8 @@ class ProxyServer:
         live = self.sessions.get(message.pid)
         if live is None or not hmac.compare_digest(live.key, message.key):
             return  # as PostgreSQL: no answer, no hint whether the key was right
+        if live.session.cancel_hold():
+            return  # a statement held for approval: the hold ends; the backend is idle
         await send_cancel(self.config.upstream, live.real_pid, live.real_key)
 
     def _settings(self, startup: StartupMessage) -> tuple[dict[str, str], str | None]:
@@ -465,7 +472,7 @@ class ProxyServer:
         for name, value in settings:
             if name == "policyc.group":
                 requested = value or None
-            elif name in SETTABLE:
+            elif name in SETTABLE:  # values judged once the group is known (_login)
                 forwarded[name] = value
             elif name in PINNED:
                 if value.strip().strip("'\"").lower() not in PINNED[name]:
@@ -531,11 +538,11 @@ class ProxyServer:
                 raise LoginRefused("ceilings_unavailable", "policyc: the database's limits for "
                                    "this group cannot be read; try again later",
                                    "58030") from None
-            for name in TIMEOUTS & settings.keys():
-                if setting_value_reason(name, (settings[name],), group,
-                                        ceilings.get(name) or None) is not None:
-                    raise LoginRefused("bad_setting", f"policyc: {name} may only be lowered "
-                                       f"for group {group.name}", "42501")
+            for name in SETTABLE & settings.keys():
+                reason = setting_reason(name, (settings[name],), group, verb="option",
+                                        listed=True, ceiling_ms=ceilings.get(name) or None)
+                if reason is not None:
+                    raise LoginRefused("bad_setting", f"policyc: {reason}", "42501")
             try:
                 upstream = await connect(self.config.upstream, group.name, settings,
                                          max_message_bytes=self.config.max_message_bytes)

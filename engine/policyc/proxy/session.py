@@ -83,8 +83,8 @@ from policyc.proxy.decide import Decider, Decision
 from policyc.proxy.names import Found, NameBook, Refuse, Slot, Wait, WaitAnswers, name_refusal
 from policyc.proxy.records import SessionEnd, StatementOutcome, StatementRecord
 from policyc.proxy.results import ResultBudget, ResultCapture, not_kept_reason, with_formats
+from policyc.proxy.settings import PINNED, TIMEOUTS, setting_value_reason
 from policyc.proxy.upstream import UpstreamSession
-from policyc.proxy.verdict import PINNED, TIMEOUTS, setting_value_reason
 
 log = logging.getLogger("policyc.proxy")
 
@@ -119,7 +119,13 @@ class AuditSink(Protocol):
 _V = TypeVar("_V")
 #: Statement kinds that create, run or close something by name.
 _NAMED_KINDS = frozenset({"prepare", "execute", "deallocate", "declare_cursor", "fetch",
-                          "close_cursor", "discard", "set"})
+                          "close_cursor", "discard"})
+
+
+def _sets(info: StatementInfo) -> bool:
+    """Does the statement change a setting (SET, set_config): judged again against the
+    role's own timeout ceilings, which the policy-wide verdict does not know."""
+    return info.kind == "set" or bool(info.config_calls)
 
 
 @dataclass
@@ -189,7 +195,8 @@ class Expect:
     rewrite: tuple[str, str] | None = None  # (sqlstate, message) replacing the server's error
     prepared: Prepared | None = None  # for Describe of a statement: learns parameter types
     portal: Portal | None = None  # for Describe of a portal: learns its RowDescription
-    explain: asyncio.Future[int | None] | None = None  # an in-band EXPLAIN the proxy asked
+    # a query the proxy runs for itself (an EXPLAIN): plan rows and transaction status after
+    explain: asyncio.Future[tuple[int | None, str]] | None = None
     explain_rows: int | None = None
     # the response goes to the client only once this is done (its batch was sent upstream
     # before its records were durable); a failed gate ends the session instead
@@ -235,6 +242,8 @@ class Portal:
     # rows it sent so far, over every Execute (max_rows) and FETCH of it: rows_over counts
     # a portal's or cursor's whole run, not each piece of it
     rows_sent: int = 0
+    # a SQL cursor (DECLARE): an Execute of it fetches its rows, never runs the DECLARE again
+    cursor: bool = False
 
 
 _COMPLETES: dict[bytes, str] = {b"1": "parse", b"2": "bind", b"3": "close"}
@@ -321,6 +330,7 @@ class Session:
     hold_seconds: int = 120
     valid_for_seconds: int = 3600
     _stash: bytearray = field(default_factory=bytearray)
+    _held: asyncio.Future[None] | None = None  # set while a statement is held: cancel_hold
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
     _seq: int = 0  # the last statement seq this session assigned
     _budget: ResultBudget | None = None
@@ -505,7 +515,8 @@ class Session:
         :meth:`_overlaps`)."""
         key = approval_key if approval_key is not None else record.parameters
         unit = Unit(record, decision=decision, parameters=key)
-        if record.approval_id is None and record.kind in ROW_LIMITED_KINDS:
+        if record.approval_id is None and record.kind in ROW_LIMITED_KINDS and \
+                not self._policy_tables.isdisjoint(record.tables):  # never catalog rows
             unit.limit = self.group.approval.rows_over
             # an approval of "EXECUTE name" would not say which statement name stood for
             if unit.limit is not None and self.approvals is not None and decision is not None \
@@ -652,7 +663,7 @@ class Session:
         # statements that name prepared statements and cursors: judged by what the name
         # holds, and what they create or close followed on the server's answers
         named = _NO_NAMES if refusal is not None or not any(
-            info.kind in _NAMED_KINDS for info in statements) else \
+            info.kind in _NAMED_KINDS or _sets(info) for info in statements) else \
             await self._named_statements(decision, out, len(statements) if stop is None
                                          else stop)
         name_refusal: tuple[str, str] | None = None
@@ -736,13 +747,14 @@ class Session:
         named = _Named()
         for index, info in enumerate(decision.classification.statements[:upto]):
             kind = info.kind
+            refusal = self._ceiling_refusal(info) if _sets(info) else None
+            if refusal is not None:
+                named.stop, named.refusal = index, refusal
+                break
             if kind not in _NAMED_KINDS or (kind == "discard" and info.name != "all"):
                 continue
             name = info.name
-            refusal: tuple[str, str] | None = None
-            if kind == "set":
-                refusal = self._ceiling_refusal(info)
-            elif kind in ("prepare", "declare_cursor"):
+            if kind in ("prepare", "declare_cursor"):
                 assert name is not None
                 book: NameBook[Any] = self.statements if kind == "prepare" else self.portals
                 refusal = await self._may_create(book, name, out)
@@ -750,7 +762,7 @@ class Session:
                     own = self.decider.decide(self.group, info.text)
                     prepared = Prepared(info.text, own)
                     value: Prepared | Portal = prepared if kind == "prepare" \
-                        else Portal(prepared, [])
+                        else Portal(prepared, [], cursor=True)
                     _slot, answered = book.create(name, value, self._batch,
                                                   holdable=info.holdable)
                     named.effects[index] = answered
@@ -933,6 +945,22 @@ class Session:
         decision = prepared.decision
         verdict = "allowed"
         approval_id = None
+        named = _NO_NAMES
+        if decision is not None and not portal.cursor and any(
+                info.kind in _NAMED_KINDS for info in decision.classification.statements):
+            # SQL PREPARE/EXECUTE/DECLARE/FETCH/... sent through Parse: judged by what the name
+            # holds when it runs, and its creations and closes booked, as in a simple query
+            named = await self._named_statements(
+                decision, out, len(decision.classification.statements))
+            if named.refusal is not None:
+                named.abandon()
+                record = self._record(prepared.sql, decision, prepared.index, "blocked",
+                                      parameters=portal.parameters or None,
+                                      reason=named.refusal[1])
+                self._spool(record, StatementOutcome(record.record_id, None, 0.0,
+                                                     named.refusal[0]))
+                self._poison(out, "execute", named.refusal)
+                return
         if decision is not None and decision.verdicts:
             verdict = self._verdict_for(decision, prepared.index)
             if decision.blocked_index is not None and self._holdable(decision):
@@ -942,24 +970,30 @@ class Session:
                     self._poison(out, "execute", hold)
                     return
                 verdict, approval_id = "approved", hold
-        record = self._record(prepared.sql, decision, prepared.index, verdict,
-                              parameters=portal.parameters or None, approval_id=approval_id)
+        record = named.enrich(prepared.index, self._record(
+            prepared.sql, decision, prepared.index, verdict,
+            parameters=portal.parameters or None, approval_id=approval_id))
         out.append(frame.raw)
         unit = self._unit(record, decision, overlap=self._overlaps(decision, approval_id),
-                          carry=portal)
+                          carry=named.carries.get(prepared.index, portal))
         unit.portal = portal
-        self._expect(Expect("execute", unit))
+        self._expect(Expect("execute", unit, on_done=named.effects.get(prepared.index)))
 
     def _ceiling_refusal(self, info: StatementInfo) -> tuple[str, str] | None:
         """A SET of a timeout above the DBA's ceiling for the group role (the policy's own
         ceilings are judged with the statement, once)."""
-        setting = info.setting or ""
-        ceiling = self.timeout_ceilings.get(setting) if setting in TIMEOUTS else None
-        if not ceiling:
-            return None
-        reason = setting_value_reason(setting, info.values, self.group, ceiling)
-        return None if reason is None else (
-            BLOCKED_SQLSTATE, f"policyc: statement blocked: {reason}")
+        changes: list[tuple[str, tuple[str | None, ...]]] = [
+            (setting, (value,)) for setting, value in info.config_calls]
+        if info.kind == "set":
+            changes.append((info.setting or "", info.values))
+        for setting, values in changes:
+            ceiling = self.timeout_ceilings.get(setting) if setting in TIMEOUTS else None
+            if not ceiling:
+                continue
+            reason = setting_value_reason(setting, values, self.group, ceiling)
+            if reason is not None:
+                return BLOCKED_SQLSTATE, f"policyc: statement blocked: {reason}"
+        return None
 
     def _poison(self, out: list[bytes], kind: str, refusal: tuple[str, str]) -> None:
         """Refuse an extended-protocol message: the server fails on the poison (an error
@@ -1031,7 +1065,8 @@ class Session:
                     parameters: list[str | None] | None, decision: Decision,
                     index: int, *, reason: str | None = None,
                     estimated_rows: int | None = None) -> int | tuple[str, str]:
-        """Hold a statement for a human: the approval id when it may run, else the refusal
+        """Hold a statement for a human (approval mode ``wait``), or refuse it at once naming
+        its request (``ticket``): the approval id when it may run, else the refusal
         (sqlstate, message). Everything before it in the pipeline is sent first."""
         verdict = decision.verdicts[index]
         shapes = reason or ", ".join(sorted(verdict.approval_shapes)) or "policy"
@@ -1049,49 +1084,152 @@ class Session:
             return BLOCKED_SQLSTATE, (
                 f"policyc: this statement needs approval ({shapes}); inside an open transaction "
                 "this group's policy refuses instead of holding. Run it outside a transaction.")
+        if self.group.approval.mode == "ticket":
+            return await self._ticket(text, parameters, decision, index, shapes, estimated_rows)
+        # from here a CancelRequest ends the hold (cancel_hold), even one that comes while the
+        # request is being opened
+        self._held = asyncio.get_running_loop().create_future()
+        try:
+            request_id = await self._open_request(text, parameters, decision, index, shapes,
+                                                  estimated_rows)
+            held = self._record(text, decision, index, "held",
+                                reason=f"needs approval: {shapes}", parameters=parameters,
+                                approval_id=request_id)
+            await self._spool_now(held, StatementOutcome(held.record_id, None, None))
+            self.client_writer.write(notice_response(
+                f"policyc: approval request {request_id} is waiting for an approver "
+                f"(up to {self.hold_seconds} s)", severity="NOTICE"))
+            await self.client_writer.drain()
+            status = await self._await_decision(request_id)
+        finally:
+            self._held = None
+        if status == "approved":
+            return request_id
+        return await self._not_decided(text, parameters, decision, index, request_id, status)
+
+    async def _not_decided(self, text: str, parameters: list[str | None] | None,
+                           decision: Decision, index: int, request_id: int,
+                           status: str) -> tuple[str, str]:
+        """Record and word the end of a hold that did not end in an approval.  A cancel by
+        the client is recorded as blocked (statement records have no "cancelled"; the
+        request itself is closed as cancelled) and answered as the server answers a cancel."""
+        cancelled = status == "cancelled"
+        sqlstate = "57014" if cancelled else BLOCKED_SQLSTATE  # 57014: query_canceled
+        final = self._record(text, decision, index, "blocked" if cancelled else status,
+                             parameters=parameters, approval_id=request_id,
+                             reason=f"approval request {request_id} {status}"
+                             + (" by the client" if cancelled else ""))
+        await self._spool_now(final, StatementOutcome(final.record_id, None, None, sqlstate))
+        if cancelled:
+            return sqlstate, (f"policyc: approval request {request_id} was cancelled by the "
+                              "client; the statement did not run")
+        return sqlstate, (
+            f"policyc: approval request {request_id} was {status}; the statement did not run")
+
+    async def _open_request(self, text: str, parameters: list[str | None] | None,
+                            decision: Decision, index: int, shapes: str,
+                            estimated_rows: int | None) -> int:
+        """Open the approval request for a statement (what the approver will see)."""
+        verdict = decision.verdicts[index]
         request_id: int = await self.approvals.request(
-            session_id=self.session_id, agent=agent, human=self._human(),
+            session_id=self.session_id, agent=self.identity.subject, human=self._human(),
             group=self.group.name, statement=text, parameters=parameters,
             fingerprint=decision.fingerprint,
             tables=sorted(str(t) for t in verdict.tables),
             phi=sorted(str(c) for c in verdict.phi_columns), reason=f"needs approval: {shapes}",
             estimated_rows=estimated_rows, hold_seconds=self.hold_seconds,
             valid_for_seconds=self.valid_for_seconds)
-        held = self._record(text, decision, index, "held", reason=f"needs approval: {shapes}",
-                            parameters=parameters, approval_id=request_id)
-        await self._spool_now(held, StatementOutcome(held.record_id, None, None))
-        self.client_writer.write(notice_response(
-            f"policyc: approval request {request_id} is waiting for an approver "
-            f"(up to {self.hold_seconds} s)", severity="NOTICE"))
-        await self.client_writer.drain()
-        status = await self._await_decision(request_id)
-        if status == "approved":
-            return request_id
-        final = self._record(text, decision, index, status, parameters=parameters,
-                             approval_id=request_id,
-                             reason=f"approval request {request_id} {status}")
-        await self._spool_now(
-            final, StatementOutcome(final.record_id, None, None, BLOCKED_SQLSTATE))
+        return request_id
+
+    async def _ticket(self, text: str, parameters: list[str | None] | None,
+                      decision: Decision, index: int, shapes: str,
+                      estimated_rows: int | None) -> tuple[str, str]:
+        """Approval mode ``ticket``: nothing waits.  The statement is refused at once naming
+        its request: the one still open for the identical statement (a retry before the
+        decision opens no second request), else a new one, which closes as expired after
+        ``hold``.  The identical statement runs once approved (``_hold`` finds it)."""
+        request_id: int | None = await self.approvals.find_open(
+            self.identity.subject, self.group.name, text, parameters)
+        opened = request_id is None
+        if request_id is None:
+            request_id = await self._open_request(text, parameters, decision, index, shapes,
+                                                  estimated_rows)
+            self.approvals.expire_later(request_id, self.hold_seconds)
+        why = f"needs approval: {shapes}" if opened else \
+            f"needs approval: {shapes}; request {request_id} still pending"
+        held = self._record(text, decision, index, "held", reason=why, parameters=parameters,
+                            approval_id=request_id)
+        await self._spool_now(held, StatementOutcome(held.record_id, None, None,
+                                                     BLOCKED_SQLSTATE))
+        said = f"opened ({shapes}; it stays open {self.hold_seconds} s)" if opened \
+            else f"is still waiting for an approver ({shapes})"
         return BLOCKED_SQLSTATE, (
-            f"policyc: approval request {request_id} was {status}; the statement did not run")
+            f"policyc: approval request {request_id} {said}; the statement did not run. Run "
+            f"the identical statement again (same text and parameters) once an approver "
+            f"approves request {request_id}.")
+
+    def cancel_hold(self) -> bool:
+        """A CancelRequest with this session's key (it comes on another connection): end the
+        statement held for approval now, True; False when nothing is held, and the server
+        forwards the cancel upstream as before."""
+        held = self._held
+        if held is None:
+            return False
+        if not held.done():
+            held.set_result(None)
+        return True
 
     def _over_estimate(self, decision: Decision) -> bool:
-        """Worth an EXPLAIN: the group has a row limit, the query reads, and it can be
-        explained in-band now (nothing outstanding on the session)."""
+        """Worth an EXPLAIN: the group has a row limit, the query reads the policy's tables
+        (catalog rows are never counted), and it can be explained in-band now (nothing
+        outstanding on the session, which is idle or inside a healthy transaction)."""
         if self.group.approval.rows_over is None or self.approvals is None:
             return False
         statements = decision.classification.statements
         return (len(statements) == 1 and statements[0].kind == "select" and not self.expected
-                and self.transaction_status != "E")
+                and self.transaction_status in ("I", "T")
+                and not self._policy_tables.isdisjoint(
+                    str(t) for t in decision.verdicts[0].tables))
 
     async def _explain(self, sql: str) -> int | None:
         """The planner's row estimate for ``sql``, asked on the agent's own session (same role,
-        same row filters); None when it cannot tell. The exchange never reaches the client."""
-        waiter: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self.expected.append(Expect("explain", explain=waiter))
-        self.upstream.writer.write(Query("EXPLAIN (FORMAT JSON) " + sql).encode())
+        same row filters, same search_path); None when it cannot tell.  Nothing of it reaches
+        the client, and it leaves the session as it found it: outside a transaction the
+        EXPLAIN is a transaction of its own; inside one it runs in a savepoint that is
+        released, or rolled back and released when the EXPLAIN fails (an unknown column, a
+        type error: the agent's own statement then fails with the server's real error, and
+        the transaction is still the agent's to use).  The savepoint's name cannot collide:
+        RELEASE and ROLLBACK TO act on the newest savepoint of a name, which is this one."""
+        if self.transaction_status != "T":
+            rows, _status = (await self._internal("EXPLAIN (FORMAT JSON) " + sql))[0]
+            return rows
+        savepoint = "SAVEPOINT policyc_estimate"
+        release = "RELEASE SAVEPOINT policyc_estimate"
+        answers = await self._internal(savepoint, "EXPLAIN (FORMAT JSON) " + sql, release)
+        (_, saved), (rows, _), (_, released) = answers
+        if saved == "T" and released == "T":
+            return rows
+        undo = await self._internal("ROLLBACK TO SAVEPOINT policyc_estimate", release)
+        if saved != "T" or undo[-1][1] != "T":
+            self.end_reason = "the proxy's row estimate left the transaction in another state"
+            raise ProtocolViolation(
+                "policyc: the proxy could not restore the transaction after its row estimate; "
+                "the session was ended (nothing of the statement ran)", "XX000")
+        return None
+
+    async def _internal(self, *queries: str) -> list[tuple[int | None, str]]:
+        """Run the proxy's own ``queries`` on the agent's session (pipelined): for each, the
+        plan rows of an EXPLAIN (None otherwise or on error) and the transaction status
+        after it.  Their answers never reach the client (see :meth:`_explain_frame`)."""
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[tuple[int | None, str]]] = []
+        for query in queries:
+            waiter: asyncio.Future[tuple[int | None, str]] = loop.create_future()
+            self.expected.append(Expect("explain", explain=waiter))
+            self.upstream.writer.write(Query(query).encode())
+            waiters.append(waiter)
         await self.upstream.writer.drain()
-        return await waiter
+        return [await waiter for waiter in waiters]
 
     def _overflow(self, unit: Unit) -> bytes:
         """A result grew past the group's row limit: the rest is withheld and an approval
@@ -1134,11 +1272,15 @@ class Session:
 
     async def _await_decision(self, request_id: int) -> str:
         """Wait for the decision while watching the client: a client that goes away cancels
-        its request and nothing runs; bytes it sends meanwhile wait their turn."""
+        its request and nothing runs, and so does a CancelRequest (:meth:`cancel_hold`), the
+        session staying usable; bytes it sends meanwhile wait their turn."""
         decision = asyncio.ensure_future(self.approvals.wait(request_id, self.hold_seconds))
+        cancelled = self._held if self._held is not None else \
+            asyncio.get_running_loop().create_future()
         while True:
             reading = asyncio.ensure_future(self.client_reader.read(65536))
-            done, _ = await asyncio.wait({decision, reading}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({decision, reading, cancelled},
+                                         return_when=asyncio.FIRST_COMPLETED)
             if reading in done:
                 try:
                     data = reading.result()
@@ -1157,6 +1299,13 @@ class Session:
             reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reading
+            if decision not in done:  # the client cancelled: withdraw the request
+                final = await self.approvals.withdraw(
+                    request_id, "the client cancelled the statement while it was held")
+                await decision  # woken by withdraw
+                # a denial or expiry that came first stands; an approval that did stays in
+                # force for a retry, but the client asked for this run to stop
+                return final if final in ("denied", "expired") else "cancelled"
             return str(decision.result())
 
     # ---- server side -------------------------------------------------------------------
@@ -1407,8 +1556,10 @@ class Session:
                 head.explain_rows = None
         elif frame.type == b"Z":
             self.expected.popleft()
+            status = chr(frame.raw[5])
+            self.transaction_status = status
             if not head.explain.done():
-                head.explain.set_result(head.explain_rows)
+                head.explain.set_result((head.explain_rows, status))
         # T, C, E, N: nothing for the client
 
     def _pop(self, kinds: tuple[str, ...]) -> Expect:

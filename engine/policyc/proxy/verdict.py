@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from policyc.policy.model import ColumnRef, Group, Mask, Policy, TableName
-from policyc.proxy import ceilings
+from policyc.policy.model import AllColumns, ColumnRef, Group, Mask, Policy, TableName
 from policyc.proxy.classify import ANY_TABLE, UNQUALIFIED, Classification, StatementInfo
 from policyc.proxy.registry import AGENT_CALLABLE, Registry, load_registry
+from policyc.proxy.settings import setting_reason
 
 Decision = Literal["allowed", "masked", "blocked", "needs_approval"]
 
@@ -53,8 +53,8 @@ _ALWAYS_BLOCKED: Final = (
     ),
     (
         "set_config",
-        "changing role, session authorization or policyc settings (set_config, "
-        "SET policyc.*) is not allowed",
+        "changing policyc's own settings (SET policyc.*, set_config('policyc.*', ...)), or "
+        "set_config with a setting name that is not a literal, is not allowed",
     ),
     ("copy_program", "COPY to or from a server program is not allowed"),
     (
@@ -96,82 +96,6 @@ _BLOCKED_KINDS: Final = {
     "role": "changing the session role or authorization is not allowed",
 }
 
-#: Session settings an agent may SET or RESET: formatting, timeouts, transaction modes.
-SETTABLE: Final = frozenset(
-    {
-        "application_name",
-        "statement_timeout",
-        "lock_timeout",
-        "idle_in_transaction_session_timeout",
-        "idle_session_timeout",
-        "transaction_timeout",
-        "datestyle",
-        "timezone",
-        "intervalstyle",
-        "extra_float_digits",
-        "client_min_messages",
-        "bytea_output",
-        "default_transaction_isolation",
-        "default_transaction_read_only",
-        "default_transaction_deferrable",
-        "transaction_isolation",
-        "transaction_read_only",
-        "transaction_deferrable",
-        "lc_monetary",
-        "lc_numeric",
-        "lc_time",
-        "xmlbinary",
-        "xmloption",
-        "array_nulls",
-        "escape_string_warning",
-        "default_text_search_config",
-        # multi-forms: SET TRANSACTION, SET SESSION CHARACTERISTICS, SET CONSTRAINTS
-        "transaction",
-        "session characteristics",
-        "constraints",
-    }
-)
-#: Settings that change how the server lexes or decodes statement text, and the only values
-#: they may have in an agent's session: the proxy reads SQL exactly as the server does only
-#: while these hold.  The proxy sends them in the upstream startup packet (which outranks
-#: role and database defaults, and is what RESET and DISCARD ALL return to), refuses any
-#: other value by every route an agent has, and ends a session whose server reports another
-#: value (ParameterStatus).  ``backslash_quote`` only decides whether ``\'`` is accepted in
-#: E'' strings (the server refuses, it never reads differently); it is pinned all the same.
-PINNED: Final[Mapping[str, frozenset[str]]] = {
-    "client_encoding": frozenset({"utf8", "utf-8", "unicode"}),
-    "standard_conforming_strings": frozenset({"on", "true", "yes", "1"}),
-    "backslash_quote": frozenset({"safe_encoding"}),
-}
-#: What the proxy sends for them upstream.
-PINNED_STARTUP: Final[Mapping[str, str]] = {
-    "client_encoding": "UTF8",
-    "standard_conforming_strings": "on",
-    "backslash_quote": "safe_encoding",
-}
-#: Timeouts the policy may cap (``groups.G.limits``): agents may tighten, never loosen.
-TIMEOUTS: Final = frozenset(
-    {"statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"})
-
-#: Settings an agent may only read with SHOW (clients and drivers ask for these).
-SHOWABLE: Final = SETTABLE | PINNED.keys() | frozenset(
-    {
-        "search_path",
-        "server_version",
-        "server_version_num",
-        "server_encoding",
-        "lc_collate",
-        "lc_ctype",
-        "is_superuser",
-        "integer_datetimes",
-        "max_identifier_length",
-        "block_size",
-        "role",
-        "session_authorization",
-        "in_hot_standby",
-    }
-)
-_PRINTABLE_SETTING = re.compile(r"^[a-z_][a-z0-9_.]{0,62}$")
 _PRINTABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
 #: policyc's own functions an agent may call: the verified identity of its session.
@@ -195,7 +119,8 @@ class _Index:
     policy: Policy
     known: frozenset[TableName]
     by_name: Mapping[str, frozenset[TableName]]
-    phi: Mapping[TableName, Mapping[str, Mask]]
+    phi: Mapping[TableName, Mapping[str, Mask]]  # PHI columns the group's views carry
+    all_phi: Mapping[TableName, Mapping[str, Mask]]  # every PHI column of the base tables
     unmasked: frozenset[ColumnRef]
 
 
@@ -217,13 +142,34 @@ def _index(group: Group, policy: Policy) -> _Index:
         policy=policy,
         known=known,
         by_name={name: frozenset(tables) for name, tables in by_name.items()},
-        phi=policy.phi,
+        phi=_group_phi(group, policy),
+        all_phi=policy.phi,
         unmasked=frozenset(group.unmask),
     )
     if len(_INDEXES) >= _MAX_INDEXES:
         _INDEXES.clear()
     _INDEXES[key] = index
     return index
+
+
+def _group_phi(group: Group, policy: Policy) -> dict[TableName, Mapping[str, Mask]]:
+    """The policy's PHI columns as the group's views have them: a view carries the columns
+    the group reads or writes, so a statement of the group can touch only those (billing's
+    ``SELECT * FROM patients`` reads no ``email``: its view has none).  Tables outside the
+    group keep all their PHI (and so does a base table named by its own schema: see
+    :func:`_phi_columns`)."""
+    out: dict[TableName, Mapping[str, Mask]] = dict(policy.phi)
+    for table in group.tables():
+        masks = policy.phi.get(table)
+        if not masks:
+            continue
+        grant = group.write.get(table)
+        lists = [group.read.get(table, ()), *((grant.insert, grant.update) if grant else ())]
+        if any(isinstance(columns, AllColumns) for columns in lists):
+            continue
+        carried = {column for columns in lists for column in columns}
+        out[table] = {column: mask for column, mask in masks.items() if column in carried}
+    return out
 
 
 def _resolve(table: TableName, index: _Index) -> frozenset[TableName]:
@@ -268,6 +214,10 @@ def phi_columns(info: StatementInfo, group: Group, policy: Policy) -> frozenset[
 def _phi_columns(
     info: StatementInfo, index: _Index, tables: frozenset[TableName]
 ) -> frozenset[ColumnRef]:
+    # a base table named by its own schema (refused by the judge; recorded all the same)
+    # could give every PHI column it has, not only those its group's view carries
+    direct = {t for t in info.tables
+              if t.schema not in (UNQUALIFIED, index.group.name) and t in index.all_phi}
     phi = index.phi
     candidates = [t for t in tables if t in phi]
     if not candidates:
@@ -279,7 +229,7 @@ def _phi_columns(
             candidates if table == ANY_TABLE else (_resolve(table, index) or candidates)
         )
         for target in targets:
-            masks = phi.get(target)
+            masks = (index.all_phi if target in direct else phi).get(target)
             if not masks:
                 continue
             if column == "*":
@@ -350,6 +300,9 @@ def _blocked_reason(info: StatementInfo, group: Group) -> str | None:
         )
     if info.kind in {"set", "reset", "show"}:
         return _setting_reason(info, group)
+    config_reason = _config_calls_reason(info, group)
+    if config_reason is not None:
+        return config_reason
     if info.kind in {"listen", "notify"} and (info.name or "").lower().startswith("policyc"):
         return "the policyc_* notification channels belong to the proxy and approvers"
     if "pg_notify" in info.functions:
@@ -358,62 +311,22 @@ def _blocked_reason(info: StatementInfo, group: Group) -> str | None:
 
 
 def _setting_reason(info: StatementInfo, group: Group) -> str | None:
-    setting = info.setting or ""
     if info.kind == "show":
-        if setting in SHOWABLE:
-            return None
-        return f"SHOW {_setting_name(setting)} is not on the proxy's list of readable settings"
-    if setting == "search_path":
-        return "changing search_path is not allowed: agents stay in their group's view schema"
-    if setting == "all":  # RESET ALL: back to the startup, role and database values
-        return None
-    if setting in PINNED or setting in TIMEOUTS:
-        return setting_value_reason(setting, info.values, group)
-    if setting in SETTABLE:
+        # SHOW reads what current_setting() and pg_settings, both callable, read: the
+        # server's own privileges decide which settings a role may see
         return None
     verb = "RESET" if info.kind == "reset" else "SET"
-    return f"{verb} {_setting_name(setting)} is not on the proxy's list of harmless settings"
+    return setting_reason(info.setting or "", info.values, group, verb=verb)
 
 
-def setting_value_reason(setting: str, values: Iterable[str | None], group: Group,
-                         ceiling_ms: int | None = None) -> str | None:
-    """Why an agent may not give ``setting`` these ``values`` (None: it may).  ``None`` in
-    ``values`` is RESET / DEFAULT, which returns to the startup or role value: always
-    allowed.  Pinned settings take only their pinned value; capped timeouts only a value
-    in (0, ceiling] (the policy's, or ``ceiling_ms`` when the role's own is lower)."""
-    items = list(values)
-    if setting in PINNED:
-        allowed = PINNED[setting]
-        for value in items:
-            if value is not None and value.strip().lower() not in allowed:
-                return (f"{setting} is pinned to {PINNED_STARTUP[setting]} for agent sessions: "
-                        "the proxy must read SQL exactly as the server does")
-        return None
-    if setting in TIMEOUTS:
-        limit_s = getattr(group.limits, setting, None)
-        limits = [c for c in (ceiling_ms, None if limit_s is None else limit_s * 1000)
-                  if c is not None]
-        if not limits:
-            return None
-        ceiling = min(limits)
-        for value in items:
-            if value is None:
-                continue
-            ms = timeout_ms(value)
-            if ms is None or ms <= 0 or ms > ceiling:
-                return (f"{setting} may only be lowered for group {group.name}: its ceiling "
-                        f"is {ceiling} ms (0, meaning no limit, is not allowed)")
-        return None
+def _config_calls_reason(info: StatementInfo, group: Group) -> str | None:
+    """set_config(name, value, ...) is judged like SET of that setting to that value (its
+    value is one list string, as startup options are)."""
+    for setting, value in info.config_calls:
+        reason = setting_reason(setting, (value,), group, verb="set_config", listed=True)
+        if reason is not None:
+            return reason
     return None
-
-
-def timeout_ms(value: str) -> float | None:
-    """A timeout setting's value in milliseconds, read as PostgreSQL does (a bare number is
-    milliseconds); None when it is not a duration."""
-    try:
-        return float(ceilings.timeout_ms(value))
-    except ValueError:
-        return None
 
 
 def catalog_reason(info: StatementInfo, group: Group, registry: Registry) -> str | None:
@@ -451,6 +364,14 @@ def catalog_reason(info: StatementInfo, group: Group, registry: Registry) -> str
     for schema in sorted(info.operator_schemas - {"pg_catalog"}):
         # an operator runs its function: outside pg_catalog, one nobody vetted for agents
         return f"operators of schema {_shown(schema)} are not allowed; use pg_catalog's"
+    for table in sorted(info.targets):
+        # an agent writes only its group's views (and its own temporary tables): a write to a
+        # catalog relation is how pg_settings' update rule calls set_config unseen
+        if table.schema not in (group.name, "pg_temp") and (
+                table.schema != UNQUALIFIED or table.name in registry.catalog_names):
+            return (f"writing to relation {_shown(table.schema or 'pg_catalog')}."
+                    f"{_shown(table.name)} is not allowed; agents write their group's views "
+                    "by their plain names")
     for table in sorted(info.tables):
         schema = table.schema
         if schema == UNQUALIFIED:
@@ -464,18 +385,16 @@ def catalog_reason(info: StatementInfo, group: Group, registry: Registry) -> str
             # (pg_stat_statements): an agent reads its own views and vetted catalog relations
             return (f"relation {_shown(schema)}.{_shown(table.name)} is outside group "
                     f"{group.name}'s view schema; agents read their views by their plain names")
-        if registry.relation_allowed(schema, table.name) is False:
+        if registry.relation_allowed(schema, table.name) is False and \
+                f"{schema}.{table.name}" not in group.catalog:
             return (f"catalog relation {schema}.{_shown(table.name)} is not readable by agents "
-                    "(other sessions' activity, statistics or security rules)")
+                    "(other sessions' activity, statistics or security rules) unless the "
+                    f"policy lists it under groups.{group.name}.catalog")
     return None
 
 
 def _shown(name: str) -> str:
     return name if _PRINTABLE_NAME.match(name) else "(a name not shown)"
-
-
-def _setting_name(setting: str) -> str:
-    return setting if _PRINTABLE_SETTING.match(setting) else "of this setting"
 
 
 def decide_all(classification: Classification, group: Group, policy: Policy,
