@@ -12,6 +12,7 @@ view carries, not every PHI column of the base table.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,40 @@ def test_the_record_lists_only_the_phi_the_groups_view_carries(
     rows = wait_for(lambda: applied_clinic.execute(
         "SELECT column_name FROM audit.phi_access WHERE agent = 'agent-p' ORDER BY 1"))
     assert [r[0] for r in rows] == ["birth_date", "full_name", "ssn"]  # no email, phone, zip
+
+
+def test_a_cancel_that_meets_the_estimate_cancels_the_statement(
+        proxy: RunningProxy, applied_clinic: Database) -> None:
+    """The proxy's EXPLAIN is what runs when the client's cancel arrives: the statement must
+    end with 57014 and never run, not run after the cancel was spent on the estimate."""
+    admin = applied_clinic.connect(autocommit=False)
+    admin.execute("LOCK TABLE public.patients IN ACCESS EXCLUSIVE MODE")  # planning waits
+    conn = psycopg.connect(proxy.dsn("agent-x", "billing", clinic_id=1), autocommit=True,
+                           cursor_factory=psycopg.ClientCursor)  # the simple protocol
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            conn.execute("SELECT * FROM patients")
+        except BaseException as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert wait_for(lambda: applied_clinic.execute(
+            "SELECT 1 FROM pg_locks WHERE relation = 'public.patients'::regclass "
+            "AND NOT granted"), timeout=30)
+        conn.cancel_safe()
+        worker.join(10)
+        assert not worker.is_alive(), "the statement ran after its cancel"
+    finally:
+        admin.rollback()
+        admin.close()
+        worker.join(30)
+    assert len(failure) == 1 and isinstance(failure[0], errors.QueryCanceled), failure
+    assert "the statement did not run" in str(failure[0])
+    assert conn.execute("SELECT count(*) FROM patients WHERE id < 0").fetchone() == (0,)
+    conn.close()
+    rows = wait_for(lambda: _records(applied_clinic, "agent-x", "sqlstate = '57014'"))
+    assert [r[0] for r in rows] == ["blocked"]

@@ -65,6 +65,7 @@ from policyc.proxy.codec import (
     Close,
     CommandComplete,
     Describe,
+    ErrorResponse,
     Execute,
     Frame,
     FrontendFramer,
@@ -195,9 +196,11 @@ class Expect:
     rewrite: tuple[str, str] | None = None  # (sqlstate, message) replacing the server's error
     prepared: Prepared | None = None  # for Describe of a statement: learns parameter types
     portal: Portal | None = None  # for Describe of a portal: learns its RowDescription
-    # a query the proxy runs for itself (an EXPLAIN): plan rows and transaction status after
-    explain: asyncio.Future[tuple[int | None, str]] | None = None
+    # a query the proxy runs for itself (an EXPLAIN): plan rows, transaction status after,
+    # and the cancel that ended it
+    explain: asyncio.Future[_Answer] | None = None
     explain_rows: int | None = None
+    explain_error: tuple[str, str] | None = None  # a cancel or timeout that ended it
     # the response goes to the client only once this is done (its batch was sent upstream
     # before its records were durable); a failed gate ends the session instead
     gate: asyncio.Future[None] | None = None
@@ -244,6 +247,20 @@ class Portal:
     rows_sent: int = 0
     # a SQL cursor (DECLARE): an Execute of it fetches its rows, never runs the DECLARE again
     cursor: bool = False
+
+
+#: What one of the proxy's own queries answered: plan rows, transaction status, and the
+#: (sqlstate, message) of a cancel or timeout that ended it.
+_Answer = tuple[int | None, str, tuple[str, str] | None]
+
+
+class EstimateCancelled(Exception):
+    """The client's cancel, or its own statement_timeout, ended the proxy's row estimate."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
 
 
 _COMPLETES: dict[bytes, str] = {b"1": "parse", b"2": "bind", b"3": "close"}
@@ -675,7 +692,16 @@ class Session:
             now = time.monotonic()
             estimate = self.decider.known_estimate(self.group, decision, limit, now)
             if estimate is None:
-                estimate = await self._explain(sql)
+                try:
+                    estimate = await self._explain(sql)
+                except EstimateCancelled as cancelled:
+                    # the client's cancel (or its statement_timeout) met the estimate: the
+                    # statement is cancelled, as it would have been had it started
+                    named.abandon()
+                    self._refuse_simple(f"{cancelled.message} (while the proxy estimated "
+                                        "its rows; the statement did not run)",
+                                        cancelled.sqlstate, out, sql)
+                    return
                 if estimate is not None:
                     self.decider.note_estimate(self.group, decision, estimate, now)
             if estimate is not None and estimate > limit:
@@ -1201,12 +1227,14 @@ class Session:
         the transaction is still the agent's to use).  The savepoint's name cannot collide:
         RELEASE and ROLLBACK TO act on the newest savepoint of a name, which is this one."""
         if self.transaction_status != "T":
-            rows, _status = (await self._internal("EXPLAIN (FORMAT JSON) " + sql))[0]
+            rows, _status, cancel = (await self._internal("EXPLAIN (FORMAT JSON) " + sql))[0]
+            if cancel is not None:
+                raise EstimateCancelled(*cancel)
             return rows
         savepoint = "SAVEPOINT policyc_estimate"
         release = "RELEASE SAVEPOINT policyc_estimate"
         answers = await self._internal(savepoint, "EXPLAIN (FORMAT JSON) " + sql, release)
-        (_, saved), (rows, _), (_, released) = answers
+        (_, saved, _), (rows, _, cancel), (_, released, _) = answers
         if saved == "T" and released == "T":
             return rows
         undo = await self._internal("ROLLBACK TO SAVEPOINT policyc_estimate", release)
@@ -1215,16 +1243,19 @@ class Session:
             raise ProtocolViolation(
                 "policyc: the proxy could not restore the transaction after its row estimate; "
                 "the session was ended (nothing of the statement ran)", "XX000")
+        if cancel is not None:
+            raise EstimateCancelled(*cancel)
         return None
 
-    async def _internal(self, *queries: str) -> list[tuple[int | None, str]]:
+    async def _internal(self, *queries: str) -> list[_Answer]:
         """Run the proxy's own ``queries`` on the agent's session (pipelined): for each, the
-        plan rows of an EXPLAIN (None otherwise or on error) and the transaction status
-        after it.  Their answers never reach the client (see :meth:`_explain_frame`)."""
+        plan rows of an EXPLAIN (None otherwise or on error), the transaction status after
+        it, and the cancel or timeout (57xxx) that ended it.  Their answers never reach the
+        client (see :meth:`_explain_frame`)."""
         loop = asyncio.get_running_loop()
-        waiters: list[asyncio.Future[tuple[int | None, str]]] = []
+        waiters: list[asyncio.Future[_Answer]] = []
         for query in queries:
-            waiter: asyncio.Future[tuple[int | None, str]] = loop.create_future()
+            waiter: asyncio.Future[_Answer] = loop.create_future()
             self.expected.append(Expect("explain", explain=waiter))
             self.upstream.writer.write(Query(query).encode())
             waiters.append(waiter)
@@ -1554,12 +1585,17 @@ class Session:
                 head.explain_rows = int(plan[0]["Plan"]["Plan Rows"])
             except (ValueError, KeyError, IndexError, TypeError):
                 head.explain_rows = None
+        elif frame.type == b"E":
+            error = decode_backend(frame)
+            if isinstance(error, ErrorResponse) and error.sqlstate.startswith("57"):
+                # the client's cancel (or its own statement_timeout) reached the estimate
+                head.explain_error = (error.sqlstate, error.message)
         elif frame.type == b"Z":
             self.expected.popleft()
             status = chr(frame.raw[5])
             self.transaction_status = status
             if not head.explain.done():
-                head.explain.set_result((head.explain_rows, status))
+                head.explain.set_result((head.explain_rows, status, head.explain_error))
         # T, C, E, N: nothing for the client
 
     def _pop(self, kinds: tuple[str, ...]) -> Expect:
