@@ -6,7 +6,7 @@
 Connects to a PostgreSQL server (``--dsn``, else the libpq ``PG*`` variables), lists every
 function name in ``pg_catalog`` (pg_proc, every prokind) and every relation of ``pg_catalog``
 and ``information_schema`` (pg_class relkind r, v, m, p, f), and compares them with
-``engine/policyc/proxy/registry/pg<major>_{functions,relations}.tsv``.
+``engine/policyc/proxy/judge/registry/pg<major>_{functions,relations}.tsv``.
 
 --check    exit 1 listing every name the registry lacks (0 when it judges them all)
 --propose  print a proposed line for every missing name (the default)
@@ -36,7 +36,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "engine"))
 
-from policyc.proxy.registry import (  # noqa: E402
+from policyc.proxy.judge.registry import (  # noqa: E402
     PROPOSED_MARK,
     FunctionClass,
     functions_file,
@@ -46,7 +46,7 @@ from policyc.proxy.registry import (  # noqa: E402
     stricter,
 )
 
-REGISTRY_DIR = ROOT / "engine" / "policyc" / "proxy" / "registry"
+REGISTRY_DIR = ROOT / "engine" / "policyc" / "proxy" / "judge" / "registry"
 
 F = FunctionClass
 

@@ -5,7 +5,7 @@
 -- test sends every case, as one simple-protocol Query, to PostgreSQL 15 with
 -- standard_conforming_strings = on and client_encoding = UTF8 (what the proxy pins for agent
 -- sessions), inside a transaction it rolls back, and compares the server's command tags with
--- policyc.proxy.classify: same number of statements, same kinds; then it re-runs the
+-- policyc.proxy.judge.classify: same number of statements, same kinds; then it re-runs the
 -- statement texts classify cut out (one by one, and joined the way the proxy re-sends them)
 -- and requires the same tags and rows.  Every case must therefore be valid SQL that runs.
 --

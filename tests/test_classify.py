@@ -11,18 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policyc.policy.model import TableName
-from policyc.proxy import classify as classify_module
-from policyc.proxy.classify import (
-    ANY_TABLE,
-    RISKY,
-    Classification,
-    ClassifierCache,
-    StatementInfo,
-    classify,
-    fingerprint,
-    function_risks,
-    normalize,
-)
+from policyc.proxy.judge import classify as classify_module
+from policyc.proxy.judge.cache import ClassifierCache
+from policyc.proxy.judge.classify import classify
+from policyc.proxy.judge.fingerprint import fingerprint, normalize, text_fingerprint
+from policyc.proxy.judge.registry.rules import function_risks
+from policyc.proxy.judge.statement import ANY_TABLE, RISKY, Classification, StatementInfo
 
 
 def one(sql: str) -> StatementInfo:
@@ -293,6 +287,14 @@ def test_fingerprint_ignores_literals_but_not_shape() -> None:
     assert fingerprint("SELEC nonsense").startswith("text:")
     assert fingerprint("SELEC nonsense") == fingerprint("SELEC nonsense")
     assert fingerprint("SELEC nonsense") != fingerprint("SELEC other")
+
+
+def test_unparseable_text_has_one_fingerprint_whoever_asks() -> None:
+    """The classifier's and the judge's fallback are one function: lone surrogates are
+    hashed as they are, so texts that differ only there never share a key."""
+    assert fingerprint("SELEC é") == text_fingerprint("SELEC é")
+    assert text_fingerprint("SELEC \udcff") != text_fingerprint("SELEC \udcfe")
+    assert text_fingerprint("SELEC \udcff") != text_fingerprint("SELEC ?")
 
 
 def test_normalize_replaces_literals() -> None:

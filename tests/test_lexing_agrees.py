@@ -38,7 +38,8 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from conftest import Database
 from policyc.devcluster import SUPERUSER, Cluster
-from policyc.proxy.classify import Classification, StatementKind, classify
+from policyc.proxy.judge.classify import classify
+from policyc.proxy.judge.statement import Classification, StatementKind
 from proxyharness import RunningProxy, wait_for
 
 CORPUS = Path(__file__).resolve().with_name("lexing_cases.sql")

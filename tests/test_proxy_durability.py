@@ -22,10 +22,12 @@ import psycopg
 import pytest
 
 from conftest import Database, clinic_policy
-from policyc.proxy.classify import Scope, classify
 from policyc.proxy.codec import Bind, Describe, Execute, Parse, Query
 from policyc.proxy.codec.framing import BackendFramer
-from policyc.proxy.decide import Decider, combined_scope
+from policyc.proxy.judge.cache import Judge
+from policyc.proxy.judge.classify import classify
+from policyc.proxy.judge.effects import combined_scope
+from policyc.proxy.judge.statement import Scope
 from proxyharness import RunningProxy, wait_for
 
 SYNC = b"S\x00\x00\x00\x04"
@@ -79,19 +81,19 @@ def test_side_effect_free_is_proven_not_guessed(sql: str, pure: bool) -> None:
 def test_a_decision_is_side_effect_free_only_when_the_group_may_run_it() -> None:
     policy = clinic_policy("clinic")
     groups = {g.name: g for g in policy.groups}
-    decider = Decider(policy, 1 << 20)
-    assert decider.decide(groups["research"], "SELECT id, zip FROM patients").side_effect_free
+    judge = Judge(policy, 1 << 20)
+    assert judge.judge(groups["research"], "SELECT id, zip FROM patients").side_effect_free
     # a read the proxy refuses is never sent early (it is never sent at all)
-    refused = decider.decide(groups["research"], "SELECT rolpassword FROM pg_authid")
+    refused = judge.judge(groups["research"], "SELECT rolpassword FROM pg_authid")
     assert classify("SELECT rolpassword FROM pg_authid").statements[0].side_effect_free
     assert refused.blocked_index == 0 and not refused.side_effect_free
-    assert not decider.decide(groups["research"], "SELECT pg_sleep(0)").side_effect_free
+    assert not judge.judge(groups["research"], "SELECT pg_sleep(0)").side_effect_free
 
 
 def test_the_shape_cache_gives_the_full_decision_with_the_query_s_own_text() -> None:
     policy = clinic_policy("clinic")
     group = next(g for g in policy.groups if g.name == "billing")
-    cached = Decider(policy, 1 << 20)
+    cached = Judge(policy, 1 << 20)
     texts = ["SELECT id, ssn FROM patients WHERE id = 1",
              "SELECT id, ssn FROM patients WHERE id = 2;",
              "  select id, ssn from patients where id = 'x' ",  # another shape (case)
@@ -99,20 +101,20 @@ def test_the_shape_cache_gives_the_full_decision_with_the_query_s_own_text() -> 
              "SELECT id, ssn FROM patients WHERE id = 3;",  # the second's
              "\nSELECT id, ssn FROM patients WHERE id = 4 ;\n"]  # another (white space)
     for sql in texts:
-        fast = cached.decide(group, sql)
-        full = Decider(policy, 1 << 20).decide(group, sql)
+        fast = cached.judge(group, sql)
+        full = Judge(policy, 1 << 20).judge(group, sql)
         assert fast == full, sql
     assert cached.shape_hits == 2
     # literals may decide for statements that are not pure reads: never cached by shape
-    shaped = Decider(policy, 1 << 20)
+    shaped = Judge(policy, 1 << 20)
     for sql in ("SELECT set_config('application_name', 'a', false)", "SELECT pg_sleep(1)",
                 "DELETE FROM claims WHERE 1 = 1", "SELECT id FROM patients FOR UPDATE"):
-        shaped.decide(group, sql)
-        shaped.decide(group, sql.replace("1", "2").replace("'a'", "'role'"))
+        shaped.judge(group, sql)
+        shaped.judge(group, sql.replace("1", "2").replace("'a'", "'role'"))
     assert shaped.shape_hits == 0 and not shaped._shapes
     for sql in ("SELECT 1; SELECT 2", "SELECT 1 -- c", "SELECT 1 /* c */"):
-        shaped.decide(group, sql)
-        shaped.decide(group, sql.replace("1", "3"))
+        shaped.judge(group, sql)
+        shaped.judge(group, sql.replace("1", "3"))
     assert shaped.shape_hits == 0
 
 

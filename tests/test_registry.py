@@ -20,7 +20,7 @@ from pglast.parser import parse_sql_json
 
 from conftest import ROOT, Database
 from policyc.errors import PolicycError
-from policyc.proxy.registry import (
+from policyc.proxy.judge.registry import (
     AGENT_CALLABLE,
     PROPOSED_MARK,
     STRICTNESS,
@@ -34,6 +34,16 @@ from policyc.proxy.registry import (
     registry_for_server_version,
     stricter,
 )
+from policyc.proxy.judge.registry.rules import (
+    ALWAYS_BLOCKED,
+    FUNCTION_RULES,
+    SHAPE_TEXTS,
+    TRANSACTION_SAFE,
+    function_risks,
+    parse_function_rules,
+    parse_shapes,
+)
+from policyc.vocab import APPROVABLE_SHAPES, Shape
 
 F = FunctionClass
 
@@ -376,7 +386,7 @@ def test_malformed_relation_lines_raise(text: str, message: str) -> None:
 
 
 def test_data_files_are_sorted_and_documented() -> None:
-    folder = ROOT / "engine" / "policyc" / "proxy" / "registry"
+    folder = ROOT / "engine" / "policyc" / "proxy" / "judge" / "registry"
     for major in SUPPORTED_MAJORS:
         for kind in ("functions", "relations"):
             lines = (folder / f"pg{major}_{kind}.tsv").read_text().splitlines()
@@ -414,3 +424,71 @@ def test_maintenance_script_check_passes(db: Database, monkeypatch: pytest.Monke
     assert proposed["int4in"][0] is F.INTERNAL
     assert proposed["brand_new_stable"][0] not in AGENT_CALLABLE
     assert proposed["brand_new_volatile"][0] is F.SIDE_EFFECT
+
+
+# ----------------------------------------------------------------------------- shapes and rules
+
+
+def test_every_shape_has_one_line_and_approvable_ones_are_never_blocked() -> None:
+    assert set(SHAPE_TEXTS) == set(Shape)
+    blocked = [shape for shape, _ in ALWAYS_BLOCKED]
+    assert len(blocked) == len(set(blocked))
+    assert not set(blocked) & set(APPROVABLE_SHAPES)
+    assert Shape.SLEEP not in blocked  # pg_sleep is recorded, not refused
+    assert all(reason.endswith(("not allowed", "own text")) for _, reason in ALWAYS_BLOCKED)
+
+
+def test_transaction_safe_functions_are_pure_in_every_registry() -> None:
+    for major in SUPPORTED_MAJORS:
+        functions = load_registry(major).functions
+        wrong = sorted(n for n in TRANSACTION_SAFE if functions.get(n) is not F.PURE)
+        assert not wrong, f"transaction_safe but not pure in PostgreSQL {major}: {wrong}"
+
+
+def test_functions_with_a_risky_shape_are_never_agent_callable() -> None:
+    for major in SUPPORTED_MAJORS:
+        registry = load_registry(major)
+        risky = [name for name in registry.functions if function_risks(name)]
+        assert risky and not [n for n in risky if registry.agent_callable(n)]
+        # an exact line may name a function of an older major (pg_start_backup)
+        assert set(FUNCTION_RULES.exact) - set(registry.functions) <= {
+            "pg_logdir_ls", "pg_start_backup", "pg_stop_backup"}
+
+
+def test_function_rules_exact_names_first_then_patterns_in_order() -> None:
+    rules = parse_function_rules(
+        "lo_import\tfile_access,large_object\nlo_*\tlarge_object\n"
+        "pg_create_*_slot\tsystem_admin\nnow\ttransaction_safe\n", "r.tsv")
+    assert rules.risks("lo_import") == {Shape.FILE_ACCESS, Shape.LARGE_OBJECT}
+    assert rules.risks("lo_creat") == {Shape.LARGE_OBJECT}
+    assert rules.risks("pg_create_logical_replication_slot") == {Shape.SYSTEM_ADMIN}
+    assert rules.risks("pg_create_other") == frozenset()
+    assert rules.risks("now") == frozenset() and rules.transaction_safe == {"now"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x\tbogus_shape\n", "r.tsv:1: unknown shape"),
+        ("x\tlock\nx\tlock\n", "r.tsv:2: x is listed twice"),
+        ("x*\ttransaction_safe\n", "r.tsv:1: only exact names"),
+        ("a*b*\tlock\n", "r.tsv:1: expected"),
+        ("x\tlock\tmore\n", "r.tsv:1: expected"),
+    ],
+)
+def test_malformed_function_rules_raise(text: str, message: str) -> None:
+    with pytest.raises(RegistryError, match=message):
+        parse_function_rules(text, "r.tsv")
+
+
+def test_shapes_file_must_list_every_shape_once_and_block_no_approvable_one() -> None:
+    every = "".join(f"{shape}\tjudged\tx\n" for shape in Shape)
+    assert parse_shapes(every, "s.tsv")[0] == ()
+    with pytest.raises(RegistryError, match="shapes not listed: sleep"):
+        parse_shapes(every.replace("sleep\tjudged\tx\n", ""), "s.tsv")
+    with pytest.raises(RegistryError, match=r"s\.tsv:1: ddl is approvable, never blocked"):
+        parse_shapes("ddl\tblocked\tno\n" + every, "s.tsv")
+    with pytest.raises(RegistryError, match="is listed twice"):
+        parse_shapes(every + "ddl\tjudged\tx\n", "s.tsv")
+    with pytest.raises(RegistryError, match="unknown shape"):
+        parse_shapes("nope\tjudged\tx\n", "s.tsv")

@@ -9,7 +9,7 @@ import pytest
 from psycopg import errors, sql
 
 from conftest import Database
-from policyc.proxy.settings import memory_kb, split_identifiers
+from policyc.proxy.judge.settings import memory_kb, split_identifiers
 
 LONG = "x" * 70
 

@@ -26,13 +26,14 @@ from policyc.policy.model import (
     TableName,
     WriteGrant,
 )
-from policyc.proxy.classify import RISKY, StatementInfo, classify
-from policyc.proxy.verdict import (
+from policyc.proxy.judge.classify import classify
+from policyc.proxy.judge.statement import RISKY, StatementInfo
+from policyc.proxy.judge.verdict import (
     BLOCKED_SQLSTATE,
     Verdict,
     combine,
-    decide,
-    decide_all,
+    judge_all,
+    judge_statement,
     phi_columns,
     resolve_tables,
 )
@@ -154,7 +155,7 @@ def _check_statement(info: StatementInfo, verdict: Verdict, spec: str) -> None:
     expected_risky = _names(match["risky"])
     assert expected_risky <= RISKY, f"unknown risky shape in {spec!r}"
     assert set(info.risky) == expected_risky
-    assert verdict.decision == match["decision"], verdict.reason
+    assert verdict.outcome == match["decision"], verdict.reason
     for extra in match["extra"].split():
         key, _, value = extra.partition("=")
         if key == "tables":
@@ -177,8 +178,8 @@ def test_case(case: Case) -> None:
     if expect.startswith("error"):
         assert result.error is not None and not result.statements
         assert result.error_sqlstate == expect.split()[1]
-        (verdict,) = decide_all(result, group, POLICY)
-        assert verdict.decision == "blocked"
+        (verdict,) = judge_all(result, group, POLICY)
+        assert verdict.outcome == "blocked"
         return
     assert result.error is None, result.error
     if expect == "none":
@@ -187,7 +188,7 @@ def test_case(case: Case) -> None:
     specs = expect.split("|")
     assert len(result.statements) == len(specs), [s.kind for s in result.statements]
     for info, spec in zip(result.statements, specs, strict=True):
-        _check_statement(info, decide(info, group, POLICY), spec)
+        _check_statement(info, judge_statement(info, group, POLICY), spec)
 
 
 def test_cases_cover_every_kind_and_shape() -> None:
@@ -229,30 +230,32 @@ def test_blocked_verdicts_carry_42501_and_no_literals() -> None:
         f"CREATE TABLE t (a text DEFAULT '{secret}')",
         f'SET "{secret}.x" = 1',
     ):
-        verdict = decide(_one(sql), BILLING if "CREATE" not in sql else CLINICIAN, POLICY)
-        assert verdict.decision == "blocked", sql
+        verdict = judge_statement(_one(sql), BILLING if "CREATE" not in sql else CLINICIAN, POLICY)
+        assert verdict.outcome == "blocked", sql
         assert verdict.sqlstate == BLOCKED_SQLSTATE
         assert verdict.reason and secret not in verdict.reason
         assert verdict.reason[0].isupper() or verdict.reason[0].islower()
 
 
 def test_unknown_setting_name_is_not_echoed_when_odd() -> None:
-    verdict = decide(_one('SET "Weird Name!.x" = 1'), BILLING, POLICY)
-    assert verdict.decision == "blocked"
+    verdict = judge_statement(_one('SET "Weird Name!.x" = 1'), BILLING, POLICY)
+    assert verdict.outcome == "blocked"
     assert verdict.reason is not None and "Weird" not in verdict.reason
 
 
 def test_needs_approval_names_the_shapes() -> None:
-    verdict = decide(_one("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d"), BILLING, POLICY)
-    assert verdict.decision == "needs_approval"
+    verdict = judge_statement(_one("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d"),
+                              BILLING, POLICY)
+    assert verdict.outcome == "needs_approval"
     assert verdict.approval_shapes == {"delete_all", "write_in_cte"}
     assert verdict.sqlstate is None
     assert verdict.reason is not None and "delete_all" in verdict.reason
 
 
 def test_blocked_wins_over_approval() -> None:
-    verdict = decide(_one("CREATE ROLE r"), BILLING, POLICY)  # ddl is approvable for billing
-    assert verdict.decision == "blocked"
+    # ddl is approvable for billing
+    verdict = judge_statement(_one("CREATE ROLE r"), BILLING, POLICY)
+    assert verdict.outcome == "blocked"
 
 
 def test_phi_resolution_and_unmask() -> None:
@@ -264,12 +267,12 @@ def test_phi_resolution_and_unmask() -> None:
         ColumnRef(PATIENTS, "full_name"),
         ColumnRef(VISITS, "notes"),
     }
-    assert decide(info, BILLING, POLICY).decision == "masked"
+    assert judge_statement(info, BILLING, POLICY).outcome == "masked"
     # clinician unmasks full_name and notes but not ssn
-    assert decide(info, CLINICIAN, POLICY).decision == "masked"
+    assert judge_statement(info, CLINICIAN, POLICY).outcome == "masked"
     names_only = _one("SELECT p.full_name, v.notes FROM patients p JOIN visits v ON true")
-    verdict = decide(names_only, CLINICIAN, POLICY)
-    assert verdict.decision == "allowed"
+    verdict = judge_statement(names_only, CLINICIAN, POLICY)
+    assert verdict.outcome == "allowed"
     assert verdict.phi_columns == {ColumnRef(PATIENTS, "full_name"), ColumnRef(VISITS, "notes")}
 
 
@@ -282,7 +285,7 @@ def test_cte_named_like_a_group_table_is_kept() -> None:
     # The CTE shadows the table, but over-reporting PHI beats missing it.
     info = _one("WITH patients AS (SELECT 1 AS ssn) SELECT ssn FROM patients")
     assert PATIENTS in resolve_tables(info, BILLING, POLICY)
-    assert decide(info, BILLING, POLICY).decision == "masked"
+    assert judge_statement(info, BILLING, POLICY).outcome == "masked"
 
 
 def test_tables_outside_the_group_are_kept_as_written() -> None:
@@ -291,37 +294,37 @@ def test_tables_outside_the_group_are_kept_as_written() -> None:
         TableName("pg_catalog", "pg_class"),
         TableName("", "mystery"),
     }
-    assert decide(info, BILLING, POLICY).decision == "allowed"
+    assert judge_statement(info, BILLING, POLICY).outcome == "allowed"
 
 
-def test_decide_all_and_combine() -> None:
+def test_judge_all_and_combine() -> None:
     result = classify("SELECT 1; SELECT ssn FROM patients; DELETE FROM claims")
-    verdicts = decide_all(result, BILLING, POLICY)
-    assert [v.decision for v in verdicts] == ["allowed", "masked", "needs_approval"]
+    verdicts = judge_all(result, BILLING, POLICY)
+    assert [v.outcome for v in verdicts] == ["allowed", "masked", "needs_approval"]
     whole = combine(verdicts)
-    assert whole.decision == "needs_approval"
+    assert whole.outcome == "needs_approval"
     assert whole.phi_columns == {ColumnRef(PATIENTS, "ssn")}
     assert whole.tables == {PATIENTS, CLAIMS}
     assert whole.approval_shapes == {"delete_all"}
 
-    blocked = combine(decide_all(classify("SELECT 1; RESET ROLE"), BILLING, POLICY))
-    assert blocked.decision == "blocked" and blocked.sqlstate == BLOCKED_SQLSTATE
+    blocked = combine(judge_all(classify("SELECT 1; RESET ROLE"), BILLING, POLICY))
+    assert blocked.outcome == "blocked" and blocked.sqlstate == BLOCKED_SQLSTATE
 
-    assert combine(()).decision == "allowed"
+    assert combine(()).outcome == "allowed"
 
 
-def test_decide_all_refuses_unclassifiable_sql() -> None:
-    (verdict,) = decide_all(classify("SELEC 1"), BILLING, POLICY)
-    assert verdict.decision == "blocked"
+def test_judge_all_refuses_unclassifiable_sql() -> None:
+    (verdict,) = judge_all(classify("SELEC 1"), BILLING, POLICY)
+    assert verdict.outcome == "blocked"
     assert verdict.sqlstate == "42601"
-    (verdict,) = decide_all(classify("SELECT 1", max_length=4), BILLING, POLICY)
+    (verdict,) = judge_all(classify("SELECT 1", max_length=4), BILLING, POLICY)
     assert verdict.sqlstate == "54000"
     assert verdict.reason == "statement of 8 bytes exceeds the limit of 4"
 
 
 def test_index_follows_a_new_policy_object() -> None:
     info = _one("SELECT ssn FROM patients")
-    assert decide(info, BILLING, POLICY).decision == "masked"
+    assert judge_statement(info, BILLING, POLICY).outcome == "masked"
     no_phi = Policy(
         version=1,
         database=None,
@@ -332,4 +335,11 @@ def test_index_follows_a_new_policy_object() -> None:
         audit=AuditSettings(),
         proxy=ProxySettings(),
     )
-    assert decide(info, BILLING, no_phi).decision == "allowed"
+    assert judge_statement(info, BILLING, no_phi).outcome == "allowed"
+
+
+def test_a_refused_catalog_function_is_named_with_its_class_and_article() -> None:
+    reasons = {name: judge_statement(_one(f"SELECT {name}(1)"), BILLING, POLICY).reason
+               for name in ("pg_table_size", "pg_tablespace_location")}
+    assert "function pg_table_size is an activity function;" in str(reasons["pg_table_size"])
+    assert "is a file network function;" in str(reasons["pg_tablespace_location"])

@@ -23,20 +23,17 @@ from psycopg.rows import dict_row
 
 from policyc.connect import connect as connect_as
 from policyc.policy.durations import format_duration
+from policyc.vocab import Channel
 
 __all__ = [
-    "DECISIONS_CHANNEL",
-    "REQUESTS_CHANNEL",
     "cmd_approvals",
     "cmd_approve",
     "cmd_deny",
-    "decide",
+    "decide_request",
     "list_requests",
     "watch",
 ]
 
-REQUESTS_CHANNEL = "policyc_approval_requests"
-DECISIONS_CHANNEL = "policyc_approvals"
 STATEMENT_SHOWN = 200
 RELIST_SECONDS = 30.0
 
@@ -70,7 +67,7 @@ def _one(conn: psycopg.Connection[Any], request_id: int) -> dict[str, Any] | Non
         return cur.fetchone()
 
 
-def decide(conn: psycopg.Connection[Any], request_id: int, verb: str, reason: str) -> str:
+def decide_request(conn: psycopg.Connection[Any], request_id: int, verb: str, reason: str) -> str:
     """Run audit.approve / audit.deny as the connected user; the new status. Raises the
     server's error (psycopg.Error) when the decision is refused."""
     if verb not in ("approve", "deny"):
@@ -187,8 +184,8 @@ def watch(conn: psycopg.Connection[Any], out: TextIO, *, as_json: bool = False,
         return max_events is not None and printer.events >= max_events
 
     # LISTEN before the first listing: whatever happens in between is listed or notified
-    conn.execute(f"LISTEN {REQUESTS_CHANNEL}".encode())
-    conn.execute(f"LISTEN {DECISIONS_CHANNEL}".encode())
+    conn.execute(f"LISTEN {Channel.APPROVAL_REQUESTS}".encode())
+    conn.execute(f"LISTEN {Channel.APPROVAL_DECISIONS}".encode())
     seen: set[int] = set()
     decided: set[int] = set()
 
@@ -203,7 +200,8 @@ def watch(conn: psycopg.Connection[Any], out: TextIO, *, as_json: bool = False,
 
     relist()
     if not as_json:
-        print(f"-- watching {REQUESTS_CHANNEL} and {DECISIONS_CHANNEL} (Ctrl-C to stop)",
+        print(f"-- watching {Channel.APPROVAL_REQUESTS} and {Channel.APPROVAL_DECISIONS} "
+              "(Ctrl-C to stop)",
               file=out, flush=True)
     next_relist = time.monotonic() + relist_seconds
     while not done():
@@ -223,13 +221,14 @@ def watch(conn: psycopg.Connection[Any], out: TextIO, *, as_json: bool = False,
 def _handle(conn: psycopg.Connection[Any], printer: _Printer, channel: str, payload: str,
             seen: set[int], decided: set[int]) -> None:
     try:
-        request_id = int(json.loads(payload)["id"] if channel == DECISIONS_CHANNEL else payload)
+        is_decision = channel == Channel.APPROVAL_DECISIONS
+        request_id = int(json.loads(payload)["id"] if is_decision else payload)
     except (ValueError, KeyError, TypeError):
         return
     request = _one(conn, request_id)
     if request is None:
         return
-    if channel == REQUESTS_CHANNEL:
+    if channel == Channel.APPROVAL_REQUESTS:
         if request_id not in seen:
             seen.add(request_id)
             printer.request(request)
@@ -275,7 +274,7 @@ def _print_all(requests: Iterable[dict[str, Any]], out: TextIO, as_json: bool,
 def _cmd_decide(args: argparse.Namespace, out: TextIO, verb: str) -> int:
     with connect(args.dsn) as conn:
         try:
-            status = decide(conn, args.id, verb, args.reason)
+            status = decide_request(conn, args.id, verb, args.reason)
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError):
                 raise

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from policyc.errors import Location
+from policyc.vocab import APPROVABLE_SHAPES
 
 
 class Mask(StrEnum):
@@ -35,17 +36,8 @@ class ResultRecording(StrEnum):
     FULL = "full"
 
 
-RISKY_STATEMENTS = (
-    "copy_out",
-    "copy_in",
-    "delete_all",
-    "update_all",
-    "ddl",
-    "truncate",
-    "explain_analyze_write",
-    "write_in_cte",
-    "do_block",
-)
+#: Risky statement shapes a group's approval rules may list (policyc.vocab.APPROVABLE_SHAPES).
+RISKY_STATEMENTS = APPROVABLE_SHAPES
 
 
 @dataclass(frozen=True, order=True)
@@ -167,11 +159,11 @@ class Group:
     approval: ApprovalRules
     allow_do: bool = False
     # functions beyond the vetted pg_catalog ones that agents of the group may call, as
-    # "schema.name" (lower case); see policyc.proxy.registry
+    # "schema.name" (lower case); see policyc.proxy.judge.registry
     functions: tuple[str, ...] = ()
     limits: GroupLimits = field(default_factory=GroupLimits)
     # catalog relations beyond the registry's readable ones that agents of the group may read,
-    # as "pg_catalog.name" (pg_dump needs pg_policy); see policyc.proxy.registry
+    # as "pg_catalog.name" (pg_dump needs pg_policy); see policyc.proxy.judge.registry
     catalog: tuple[str, ...] = ()
 
     def tables(self) -> tuple[TableName, ...]:

@@ -24,6 +24,7 @@ from pglast.parser import ParseError, parse_sql_json, scan
 
 from policyc.errors import Problem
 from policyc.policy.model import Policy, TableName
+from policyc.vocab import IDENTITY_SCHEMA, IdentityFunction
 
 __all__ = [
     "AGGREGATE_FUNCTIONS",
@@ -40,7 +41,7 @@ MAX_LENGTH = 8192
 
 _PREFIX = "SELECT 1 WHERE "
 
-POLICYC_FUNCTIONS = frozenset({"claim", "agent", "session_id"})
+POLICYC_FUNCTIONS = frozenset(IdentityFunction)
 """``policyc.*`` functions a filter may call: the verified identity of the session."""
 
 SAFE_FUNCTIONS = frozenset(
@@ -411,7 +412,7 @@ class _Walker:
             return
         if len(parts) > 2:
             self.problems.append(f"function {shown}: database-qualified names are not allowed")
-        elif schema == "policyc":
+        elif schema == IDENTITY_SCHEMA:
             if name not in POLICYC_FUNCTIONS:
                 allowed = ", ".join(f"policyc.{n}()" for n in sorted(POLICYC_FUNCTIONS))
                 self.problems.append(

@@ -23,10 +23,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from policyc.resources import sql_dir
+from policyc.vocab import Channel
 
 log = logging.getLogger("policyc.proxy.holds")
 
-CHANNEL = "policyc_approvals"
 FINAL = {"approved", "denied", "expired", "cancelled"}
 
 
@@ -85,7 +85,7 @@ class ApprovalBroker:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
                 async with conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(f"LISTEN {Channel.APPROVAL_DECISIONS}")
                     await self._load_valid()
                     self._listening.set()
                     delay = 0.5

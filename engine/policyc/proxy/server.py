@@ -62,17 +62,17 @@ from policyc.proxy.codec import (
 )
 from policyc.proxy.codec.framing import LoginFramer
 from policyc.proxy.config import ProxyConfig, is_loopback
-from policyc.proxy.decide import Decider
 from policyc.proxy.holds import ApprovalBroker
-from policyc.proxy.records import SessionRecord
-from policyc.proxy.registry import registry_for_server_version
-from policyc.proxy.session import Session
-from policyc.proxy.settings import (
+from policyc.proxy.judge.cache import Judge
+from policyc.proxy.judge.registry import registry_for_server_version
+from policyc.proxy.judge.settings import (
     PINNED,
     PINNED_STARTUP,
     SETTABLE,
     setting_reason,
 )
+from policyc.proxy.records import SessionRecord
+from policyc.proxy.session import Session
 from policyc.proxy.upstream import UpstreamError, connect, send_cancel
 from policyc.resources import sql_dir
 from policyc.webhook import WebhookNotifier
@@ -138,7 +138,7 @@ class ProxyServer:
     config: ProxyConfig
     verifier: TokenVerifier | None = None
     audit: AuditLog | None = None
-    decider: Decider | None = None
+    judge: Judge | None = None
     sessions: dict[int, _Live] = field(default_factory=dict)
     approvals: ApprovalBroker | None = None
     _server: asyncio.base_events.Server | None = None
@@ -212,11 +212,11 @@ class ProxyServer:
                                   checkpoint_interval=self.config.checkpoint_interval,
                                   upstream=self.config.upstream)  # checks the spool's owner
             await self.audit.start()
-        if self.decider is None:
+        if self.judge is None:
             # the vetted functions and catalog relations of the server's own major: a
             # server of a major nobody vetted is refused (RegistryError)
             registry = registry_for_server_version(await _server_version_num(self.config))
-            self.decider = Decider(policy, self.config.max_statement_bytes, registry=registry)
+            self.judge = Judge(policy, self.config.max_statement_bytes, registry=registry)
         if self.approvals is None and policy.approvals.approvers:
             self.approvals = ApprovalBroker(self.config.upstream.conninfo(),
                                             self.config.proxy_name, _webhook(policy))
@@ -488,7 +488,7 @@ class ProxyServer:
                      writer: asyncio.StreamWriter, framer: LoginFramer, early: list[Frame],
                      slot: _Slot, deadline: float, tls: bool, client_addr: str,
                      client_port: int) -> None:
-        assert self.audit is not None and self.verifier is not None and self.decider is not None
+        assert self.audit is not None and self.verifier is not None and self.judge is not None
         session_id = uuid.uuid4()
         started = time.time()
         user = startup.params.get("user", "")
@@ -584,7 +584,7 @@ class ProxyServer:
         writer.write(b"".join(hello))
         await writer.drain()
         session = Session(session_id=session_id, identity=identity, group=group,
-                          decider=self.decider, audit=self.audit, upstream=upstream,
+                          judge=self.judge, audit=self.audit, upstream=upstream,
                           client_reader=reader, client_writer=writer,
                           client_framer=session_framer,
                           results=self.config.policy.audit.results,

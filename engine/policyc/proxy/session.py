@@ -3,7 +3,7 @@
 Every client message is decided before it is forwarded, and every statement is recorded
 durably in the audit log's spool before it can matter.  The durability point:
 
-* a statement that changes nothing (``Decision.scope`` ``none``: a provably side-effect-free
+* a statement that changes nothing (``Judgement.scope`` ``none``: a provably side-effect-free
   read — a plain SELECT, VALUES, TABLE or SHOW naming no function, no locking clause, no
   SELECT INTO, no writable CTE — or BEGIN, SAVEPOINT, RELEASE, ROLLBACK [TO]) that the group
   may run as it is goes upstream as soon as its record is queued, and the database runs it
@@ -59,7 +59,6 @@ from typing import Any, Final, Protocol, TypeVar
 from policyc.identity import AgentIdentity
 from policyc.policy.model import Group, ResultRecording
 from policyc.proxy.auditlog import AuditUnavailable
-from policyc.proxy.classify import StatementInfo
 from policyc.proxy.codec import (
     Bind,
     Close,
@@ -80,11 +79,13 @@ from policyc.proxy.codec import (
     notice_response,
 )
 from policyc.proxy.codec.backend import command_rows
-from policyc.proxy.decide import Decider, Decision
+from policyc.proxy.judge.action import ROW_LIMITED_KINDS
+from policyc.proxy.judge.cache import Judge, Judgement
+from policyc.proxy.judge.settings import PINNED, TIMEOUTS, setting_value_reason
+from policyc.proxy.judge.statement import StatementInfo
 from policyc.proxy.names import Found, NameBook, Refuse, Slot, Wait, WaitAnswers, name_refusal
 from policyc.proxy.records import SessionEnd, StatementOutcome, StatementRecord
 from policyc.proxy.results import ResultBudget, ResultCapture, not_kept_reason, with_formats
-from policyc.proxy.settings import PINNED, TIMEOUTS, setting_value_reason
 from policyc.proxy.upstream import UpstreamSession
 
 log = logging.getLogger("policyc.proxy")
@@ -97,11 +98,6 @@ POISON_QUERY = "SELECT 1/0"
 POISON_PARSE = "policyc refused this statement"
 POISON_NAME = "policyc refused"
 MAX_AUDIT_TEXT = 100_000
-#: Statement kinds whose result rows count against the group's ``rows_over``: reads, writes
-#: (their RETURNING rows are a read), EXECUTE (runs a prepared statement that may be any of
-#: them); None: the extended protocol's unparsed text.
-ROW_LIMITED_KINDS = frozenset({"select", "copy_out", "fetch", "execute", "insert", "update",
-                               "delete", "merge", "declare_cursor", None})
 #: Bytes a client may send while one of its statements is held (they wait their turn).
 MAX_HELD_BACKLOG = 1 << 20
 #: Bytes buffered in a transport before a pump waits for it to drain.
@@ -178,7 +174,7 @@ class Unit:
     limit: int | None = None  # rows the agent may receive without an approval
     overflow: bool = False
     parameters: list[str | None] | None = None
-    decision: Decision | None = None
+    decision: Judgement | None = None
     capture: ResultCapture | None = None  # results: full
     header: bytes | None = None  # the RowDescription / CopyOutResponse of its own response
     portal: Portal | None = None  # extended protocol: where a described header may be
@@ -213,7 +209,7 @@ class Expect:
 @dataclass
 class Prepared:
     sql: str
-    decision: Decision | None
+    decision: Judgement | None
     refused: tuple[str, str] | None = None  # (sqlstate, message) when the statement must not run
     param_types: tuple[int, ...] = ()
     row_description: bytes | None = None  # results: full, from a Describe of the statement
@@ -225,7 +221,7 @@ class Prepared:
         decision = self.decision
         if self.refused is not None or decision is None or self.index >= len(decision.verdicts):
             return False
-        return decision.verdicts[self.index].decision in ("allowed", "masked")
+        return decision.verdicts[self.index].outcome in ("allowed", "masked")
 
     def touches(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(tables, PHI columns) of the statement, for the records of runs by name."""
@@ -304,7 +300,7 @@ class Session:
     session_id: uuid.UUID
     identity: AgentIdentity
     group: Group
-    decider: Decider
+    judge: Judge
     audit: AuditSink
     upstream: UpstreamSession
     client_reader: asyncio.StreamReader
@@ -447,7 +443,7 @@ class Session:
         """Send this batch upstream once its records allow it.
 
         The durability point: a batch whose every record is a provably side-effect-free read
-        (``Decision.side_effect_free``) goes upstream at once, while its records are written
+        (``Judgement.side_effect_free``) goes upstream at once, while its records are written
         (the audit log's flush runs once this task yields), and each of its expected
         responses carries the batch's last record
         future as a *gate*: the server pump sends no byte of those responses to the client
@@ -500,7 +496,7 @@ class Session:
             )
             raise SessionClosed
 
-    def _record(self, text: str, decision: Decision | None, index: int | None,
+    def _record(self, text: str, decision: Judgement | None, index: int | None,
                 verdict_decision: str, reason: str | None = None,
                 parameters: list[str | None] | None = None,
                 approval_id: int | None = None) -> StatementRecord:
@@ -523,7 +519,7 @@ class Session:
             kind=kind, tables=tables, phi_columns=phi, reason=reason, approval_id=approval_id,
         )
 
-    def _unit(self, record: StatementRecord, decision: Decision | None = None,
+    def _unit(self, record: StatementRecord, decision: Judgement | None = None,
               approval_key: list[str | None] | None = None, *, overlap: bool = False,
               carry: Portal | None = None) -> Unit:
         """``approval_key`` is what an approval must match besides agent and fingerprint: the
@@ -625,9 +621,9 @@ class Session:
         if self._failed is not None and not self._failed.done():
             self._failed.set_result(None)
 
-    def _refusal(self, decision: Decision, index: int) -> tuple[str, str]:
+    def _refusal(self, decision: Judgement, index: int) -> tuple[str, str]:
         verdict = decision.verdicts[index]
-        if verdict.decision == "needs_approval":
+        if verdict.outcome == "needs_approval":
             shapes = ", ".join(sorted(verdict.approval_shapes)) or "policy"
             return BLOCKED_SQLSTATE, (
                 f"policyc: this statement needs approval ({shapes}); approvals are not "
@@ -648,7 +644,7 @@ class Session:
         message = decode_frontend(frame)
         assert isinstance(message, Query)
         sql = message.sql
-        decision = self.decider.decide(self.group, sql)
+        decision = self.judge.judge(self.group, sql)
         classification = decision.classification
         if classification.error is not None:
             verdict = decision.verdicts[0]
@@ -690,7 +686,7 @@ class Session:
         if stop is None and approval_id is None and limit is not None and \
                 self._over_estimate(decision):
             now = time.monotonic()
-            estimate = self.decider.known_estimate(self.group, decision, limit, now)
+            estimate = self.judge.known_estimate(self.group, decision, limit, now)
             if estimate is None:
                 try:
                     estimate = await self._explain(sql)
@@ -703,7 +699,7 @@ class Session:
                                         cancelled.sqlstate, out, sql)
                     return
                 if estimate is not None:
-                    self.decider.note_estimate(self.group, decision, estimate, now)
+                    self.judge.note_estimate(self.group, decision, estimate, now)
             if estimate is not None and estimate > limit:
                 reason = f"estimated {estimate} rows, over this group's limit of {limit}"
                 hold = await self._hold(out, sql, [sql], decision, 0, reason=reason,
@@ -762,7 +758,7 @@ class Session:
         self._expect(Expect("stmt", rewrite=(sqlstate, text)))
         self._expect(Expect("sync", batch=self._batch))
 
-    async def _named_statements(self, decision: Decision, out: list[bytes],
+    async def _named_statements(self, decision: Judgement, out: list[bytes],
                                 upto: int) -> _Named:
         """SQL PREPARE/EXECUTE/DEALLOCATE, DECLARE/FETCH/MOVE/CLOSE and DISCARD ALL among the
         first ``upto`` statements: a run by name gets the judgement of what the name holds (a
@@ -785,7 +781,7 @@ class Session:
                 book: NameBook[Any] = self.statements if kind == "prepare" else self.portals
                 refusal = await self._may_create(book, name, out)
                 if refusal is None:
-                    own = self.decider.decide(self.group, info.text)
+                    own = self.judge.judge(self.group, info.text)
                     prepared = Prepared(info.text, own)
                     value: Prepared | Portal = prepared if kind == "prepare" \
                         else Portal(prepared, [], cursor=True)
@@ -831,7 +827,7 @@ class Session:
                 break
         return named
 
-    def _overlaps(self, decision: Decision | None, approval_id: int | None) -> bool:
+    def _overlaps(self, decision: Judgement | None, approval_id: int | None) -> bool:
         """May this statement go upstream before its record is durable (see _flush)?
 
         Yes for what changes nothing (a side-effect-free read, BEGIN, SAVEPOINT, ROLLBACK),
@@ -860,14 +856,14 @@ class Session:
         return scope == "rollback"
 
     @staticmethod
-    def _verdict_for(decision: Decision, index: int) -> str:
-        verdict = decision.verdicts[index].decision
+    def _verdict_for(decision: Judgement, index: int) -> str:
+        verdict = decision.verdicts[index].outcome
         return "masked" if verdict == "masked" else "allowed"
 
     async def _on_parse(self, frame: Frame, out: list[bytes]) -> None:
         message = decode_frontend(frame)
         assert isinstance(message, Parse)
-        decision = self.decider.decide(self.group, message.sql)
+        decision = self.judge.judge(self.group, message.sql)
         clash = None if self.statements.check_create(
             message.name, self._batch, self._answered) is None \
             else await self._may_create(self.statements, message.name, out)
@@ -900,7 +896,7 @@ class Session:
         out.append(frame.raw)
         self._expect(Expect("parse", on_done=answered))
 
-    def _refuse_parse(self, out: list[bytes], message: Parse, decision: Decision, index: int,
+    def _refuse_parse(self, out: list[bytes], message: Parse, decision: Judgement, index: int,
                       refusal: tuple[str, str], reason: str | None, *,
                       refused_name: bool = True) -> None:
         """Record a refused Parse and send its poison.  ``refused_name``: the name now
@@ -1076,9 +1072,9 @@ class Session:
     # ---- just-in-time approval --------------------------------------------------------
 
     @staticmethod
-    def _holdable(decision: Decision) -> bool:
+    def _holdable(decision: Judgement) -> bool:
         """True when nothing is blocked outright and something needs approval."""
-        verdicts = [v.decision for v in decision.verdicts]
+        verdicts = [v.outcome for v in decision.verdicts]
         return "needs_approval" in verdicts and "blocked" not in verdicts
 
     def _human(self) -> str | None:
@@ -1088,7 +1084,7 @@ class Session:
         return str(human) if human else None
 
     async def _hold(self, out: list[bytes], text: str,
-                    parameters: list[str | None] | None, decision: Decision,
+                    parameters: list[str | None] | None, decision: Judgement,
                     index: int, *, reason: str | None = None,
                     estimated_rows: int | None = None) -> int | tuple[str, str]:
         """Hold a statement for a human (approval mode ``wait``), or refuse it at once naming
@@ -1134,7 +1130,7 @@ class Session:
         return await self._not_decided(text, parameters, decision, index, request_id, status)
 
     async def _not_decided(self, text: str, parameters: list[str | None] | None,
-                           decision: Decision, index: int, request_id: int,
+                           decision: Judgement, index: int, request_id: int,
                            status: str) -> tuple[str, str]:
         """Record and word the end of a hold that did not end in an approval.  A cancel by
         the client is recorded as blocked (statement records have no "cancelled"; the
@@ -1153,7 +1149,7 @@ class Session:
             f"policyc: approval request {request_id} was {status}; the statement did not run")
 
     async def _open_request(self, text: str, parameters: list[str | None] | None,
-                            decision: Decision, index: int, shapes: str,
+                            decision: Judgement, index: int, shapes: str,
                             estimated_rows: int | None) -> int:
         """Open the approval request for a statement (what the approver will see)."""
         verdict = decision.verdicts[index]
@@ -1168,7 +1164,7 @@ class Session:
         return request_id
 
     async def _ticket(self, text: str, parameters: list[str | None] | None,
-                      decision: Decision, index: int, shapes: str,
+                      decision: Judgement, index: int, shapes: str,
                       estimated_rows: int | None) -> tuple[str, str]:
         """Approval mode ``ticket``: nothing waits.  The statement is refused at once naming
         its request: the one still open for the identical statement (a retry before the
@@ -1205,7 +1201,7 @@ class Session:
             held.set_result(None)
         return True
 
-    def _over_estimate(self, decision: Decision) -> bool:
+    def _over_estimate(self, decision: Judgement) -> bool:
         """Worth an EXPLAIN: the group has a row limit, the query reads the policy's tables
         (catalog rows are never counted), and it can be explained in-band now (nothing
         outstanding on the session, which is idle or inside a healthy transaction)."""

@@ -1,6 +1,6 @@
 """Policy verdicts over a classified statement: allowed, masked, blocked or needs_approval.
 
-Pure: a :class:`~policyc.proxy.classify.StatementInfo`, the agent's group and the policy in,
+Pure: a :class:`~policyc.proxy.judge.statement.StatementInfo`, the agent's group and the policy in,
 a :class:`Verdict` out.  The proxy is the second fence (the database's roles, grants, views
 and row security are the first), so this module blocks what no agent may attempt, holds what
 the group wants a human to see, and otherwise lets the database decide.  Unknown statement
@@ -13,17 +13,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
+from policyc.errors import InsufficientPrivilege
 from policyc.policy.model import AllColumns, ColumnRef, Group, Mask, Policy, TableName
-from policyc.proxy.classify import ANY_TABLE, UNQUALIFIED, Classification, StatementInfo
-from policyc.proxy.registry import AGENT_CALLABLE, Registry, load_registry
-from policyc.proxy.settings import setting_reason
-
-Decision = Literal["allowed", "masked", "blocked", "needs_approval"]
+from policyc.proxy.judge.registry import AGENT_CALLABLE, Registry, load_registry
+from policyc.proxy.judge.registry.rules import ALWAYS_BLOCKED
+from policyc.proxy.judge.settings import setting_reason
+from policyc.proxy.judge.statement import ANY_TABLE, UNQUALIFIED, Classification, StatementInfo
+from policyc.vocab import IDENTITY_SCHEMA, IdentityFunction, Outcome
 
 #: SQLSTATE for every policy block: insufficient_privilege.
-BLOCKED_SQLSTATE: Final = "42501"
+BLOCKED_SQLSTATE: Final = InsufficientPrivilege.sqlstate
 
 
 @dataclass(frozen=True)
@@ -36,58 +37,13 @@ class Verdict:
     need approval.
     """
 
-    decision: Decision
+    outcome: Outcome
     reason: str | None
     sqlstate: str | None
     phi_columns: frozenset[ColumnRef]
     tables: frozenset[TableName]
     approval_shapes: frozenset[str] = frozenset()
 
-
-# Risky shapes no group may run, in the order their reason is reported.
-_ALWAYS_BLOCKED: Final = (
-    (
-        "role_change",
-        "changing the session role or authorization (SET ROLE, RESET ROLE, SET SESSION "
-        "AUTHORIZATION, role management) is not allowed",
-    ),
-    (
-        "set_config",
-        "changing policyc's own settings (SET policyc.*, set_config('policyc.*', ...)), or "
-        "set_config with a setting name that is not a literal, is not allowed",
-    ),
-    ("copy_program", "COPY to or from a server program is not allowed"),
-    (
-        "file_access",
-        "server file access (pg_read_file, pg_ls_dir, lo_import, lo_export, COPY with a "
-        "server file and similar) is not allowed",
-    ),
-    ("large_object", "large object functions are not allowed"),
-    (
-        "dblink",
-        "connections to other servers (dblink, foreign data wrappers and servers) are not allowed",
-    ),
-    (
-        "dynamic_sql",
-        "functions that run SQL given as text (query_to_xml, table_to_xml and similar) are "
-        "not allowed",
-    ),
-    (
-        "system_admin",
-        "server administration (signalling backends, reloading configuration, ALTER SYSTEM, "
-        "LOAD, CHECKPOINT and similar) is not allowed",
-    ),
-    (
-        "prepare_transaction",
-        "two-phase commit (PREPARE TRANSACTION, COMMIT PREPARED, ROLLBACK PREPARED) is not allowed",
-    ),
-    ("lock", "explicit LOCK statements are not allowed"),
-    (
-        "run_by_name",
-        "EXECUTE inside another statement (EXPLAIN EXECUTE, CREATE TABLE AS EXECUTE) is not "
-        "allowed: use the prepared statement's own text",
-    ),
-)
 
 _BLOCKED_KINDS: Final = {
     "other": "this statement type is not supported through the proxy",
@@ -99,7 +55,7 @@ _BLOCKED_KINDS: Final = {
 _PRINTABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
 #: policyc's own functions an agent may call: the verified identity of its session.
-POLICYC_FUNCTIONS: Final = frozenset({"claim", "agent", "session_id"})
+POLICYC_FUNCTIONS: Final = frozenset(IdentityFunction)
 #: Functions judged by their arguments elsewhere (SET-like), not by their registry class.
 _BY_ARGUMENTS: Final = frozenset({"set_config"})
 #: Schemas of the system catalog: relations there are judged by the registry's allow-list.
@@ -239,10 +195,10 @@ def _phi_columns(
     return frozenset(out)
 
 
-# --------------------------------------------------------------------------- decisions
+# --------------------------------------------------------------------------- verdicts
 
 
-def decide(info: StatementInfo, group: Group, policy: Policy,
+def judge_statement(info: StatementInfo, group: Group, policy: Policy,
            registry: Registry | None = None) -> Verdict:
     """The verdict for one statement run by an agent of ``group``; ``registry`` is the vetted
     list of catalog functions and relations of the server's PostgreSQL major."""
@@ -251,10 +207,10 @@ def decide(info: StatementInfo, group: Group, policy: Policy,
     touched = _phi_columns(info, index, tables)
 
     def verdict(
-        decision: Decision, reason: str | None, shapes: frozenset[str] = frozenset()
+        outcome: Outcome, reason: str | None, shapes: frozenset[str] = frozenset()
     ) -> Verdict:
-        sqlstate = BLOCKED_SQLSTATE if decision == "blocked" else None
-        return Verdict(decision, reason, sqlstate, touched, tables, shapes)
+        sqlstate = BLOCKED_SQLSTATE if outcome == Outcome.BLOCKED else None
+        return Verdict(outcome, reason, sqlstate, touched, tables, shapes)
 
     blocked = _blocked_reason(info, group)
     if blocked is None and info.kind == "explain" and not tables.isdisjoint(group.rows):
@@ -263,28 +219,28 @@ def decide(info: StatementInfo, group: Group, policy: Policy,
     if blocked is None:
         blocked = catalog_reason(info, group, registry or load_registry(DEFAULT_MAJOR))
     if blocked is not None:
-        return verdict("blocked", blocked)
+        return verdict(Outcome.BLOCKED, blocked)
     listed = info.risky & frozenset(group.approval.statements)
     if listed and info.kind in ("prepare", "declare_cursor"):
         # an approval covers one run of the exact text; a name would run it again and again
-        return verdict("blocked", (
+        return verdict(Outcome.BLOCKED, (
             f"statement shape ({', '.join(sorted(listed))}) needs approval for group "
             f"{group.name}; PREPARE and DECLARE cannot be approved: run the statement itself"))
     if listed:
         shapes = ", ".join(sorted(listed))
         return verdict(
-            "needs_approval",
+            Outcome.NEEDS_APPROVAL,
             f"statement shape ({shapes}) needs approval for group {group.name}",
             listed,
         )
     if touched - index.unmasked:
-        return verdict("masked", "reads PHI columns that are masked for this group")
-    return verdict("allowed", None)
+        return verdict(Outcome.MASKED, "reads PHI columns that are masked for this group")
+    return verdict(Outcome.ALLOWED, None)
 
 
 def _blocked_reason(info: StatementInfo, group: Group) -> str | None:
     risky = info.risky
-    for shape, reason in _ALWAYS_BLOCKED:
+    for shape, reason in ALWAYS_BLOCKED:
         if shape in risky:
             return reason
     kind_reason = _BLOCKED_KINDS.get(info.kind)
@@ -347,14 +303,14 @@ def catalog_reason(info: StatementInfo, group: Group, registry: Registry) -> str
     for schema, name in calls:
         if name in _BY_ARGUMENTS and schema in (UNQUALIFIED, "pg_catalog"):
             continue
-        if schema == "policyc" and name in POLICYC_FUNCTIONS:
+        if schema == IDENTITY_SCHEMA and name in POLICYC_FUNCTIONS:
             continue
         if schema in (UNQUALIFIED, "pg_catalog"):
             cls = registry.function_class(name)
             if cls in AGENT_CALLABLE or f"pg_catalog.{name}" in listed:
                 continue
             what = "is not a function the proxy knows" if cls is None else \
-                f"is a {cls.value.replace('_', ' ')} function"
+                f"is {_with_article(cls.value.replace('_', ' '))} function"
             return (f"function {_shown(name)} {what}; agents may call only vetted functions "
                     f"and those group {group.name} lists under functions")
         if f"{schema}.{name}" in listed:
@@ -393,31 +349,37 @@ def catalog_reason(info: StatementInfo, group: Group, registry: Registry) -> str
     return None
 
 
+def _with_article(words: str) -> str:
+    """``activity`` → ``an activity``, ``pure`` → ``a pure``."""
+    return f"{'an' if words[:1] in 'aeiou' else 'a'} {words}"
+
+
 def _shown(name: str) -> str:
     return name if _PRINTABLE_NAME.match(name) else "(a name not shown)"
 
 
-def decide_all(classification: Classification, group: Group, policy: Policy,
+def judge_all(classification: Classification, group: Group, policy: Policy,
                registry: Registry | None = None) -> tuple[Verdict, ...]:
     """One verdict per statement; an unclassifiable string gets one blocked verdict."""
     if classification.error is not None:
         return (
             Verdict(
-                "blocked",
+                Outcome.BLOCKED,
                 classification.error,
                 classification.error_sqlstate or BLOCKED_SQLSTATE,
                 frozenset(),
                 frozenset(),
             ),
         )
-    return tuple(decide(info, group, policy, registry) for info in classification.statements)
+    return tuple(judge_statement(info, group, policy, registry)
+                 for info in classification.statements)
 
 
-_SEVERITY: Final[dict[Decision, int]] = {
-    "allowed": 0,
-    "masked": 1,
-    "needs_approval": 2,
-    "blocked": 3,
+_SEVERITY: Final[dict[Outcome, int]] = {
+    Outcome.ALLOWED: 0,
+    Outcome.MASKED: 1,
+    Outcome.NEEDS_APPROVAL: 2,
+    Outcome.BLOCKED: 3,
 }
 
 
@@ -429,9 +391,9 @@ def combine(verdicts: Iterable[Verdict]) -> Verdict:
     """
     items = list(verdicts)
     if not items:
-        return Verdict("allowed", None, None, frozenset(), frozenset())
-    worst = max(items, key=lambda v: _SEVERITY[v.decision])
+        return Verdict(Outcome.ALLOWED, None, None, frozenset(), frozenset())
+    worst = max(items, key=lambda v: _SEVERITY[v.outcome])
     phi: frozenset[ColumnRef] = frozenset().union(*(v.phi_columns for v in items))
     tables: frozenset[TableName] = frozenset().union(*(v.tables for v in items))
     shapes: frozenset[str] = frozenset().union(*(v.approval_shapes for v in items))
-    return Verdict(worst.decision, worst.reason, worst.sqlstate, phi, tables, shapes)
+    return Verdict(worst.outcome, worst.reason, worst.sqlstate, phi, tables, shapes)

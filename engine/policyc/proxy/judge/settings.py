@@ -18,7 +18,7 @@ from typing import Final
 
 from policyc.policy.model import Group
 from policyc.proxy import ceilings
-from policyc.proxy.classify import NOT_CONSTANT
+from policyc.proxy.judge.statement import NOT_CONSTANT
 
 #: Settings an agent may change to any value: formatting, client behaviour, transaction
 #: modes, and planner/executor knobs that reach nothing beyond its own session.
@@ -94,7 +94,7 @@ DEFAULT_WORK_MEM_KB: Final = 64 * 1024
 #: listed), and the empty string is pg_dump's "no schema at all".  With nothing else on the
 #: path, an unqualified name can only resolve to what the judge already considers for it: a
 #: catalog object, a group view or the session's own temporary table (see
-#: policyc.proxy.verdict.catalog_reason).
+#: policyc.proxy.judge.verdict.catalog_reason).
 SEARCH_PATH_FIXED: Final = frozenset({"pg_catalog", "pg_temp", "$user", ""})
 
 _PRINTABLE_SETTING = re.compile(r"^[a-z_][a-z0-9_.]{0,62}$")

@@ -126,7 +126,7 @@ def relations_file(major: int) -> str:
     return f"pg{major}_relations.tsv"
 
 
-def _content_lines(text: str, source: str) -> list[tuple[int, list[str]]]:
+def content_lines(text: str, source: str) -> list[tuple[int, list[str]]]:
     """Non-comment, non-blank lines as (line number, tab-separated fields)."""
     rows: list[tuple[int, list[str]]] = []
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -144,7 +144,7 @@ def _content_lines(text: str, source: str) -> list[tuple[int, list[str]]]:
 def parse_functions(text: str, source: str) -> dict[str, FunctionClass]:
     """``name<TAB>class[<TAB>why]`` lines; raises RegistryError naming ``source:line``."""
     found: dict[str, FunctionClass] = {}
-    for number, fields in _content_lines(text, source):
+    for number, fields in content_lines(text, source):
         if len(fields) not in (2, 3) or not fields[0] or fields[0] != fields[0].strip():
             raise RegistryError(f"{source}:{number}: expected name<TAB>class<TAB>why")
         name, cls = fields[0], fields[1]
@@ -161,7 +161,7 @@ def parse_functions(text: str, source: str) -> dict[str, FunctionClass]:
 def parse_relations(text: str, source: str) -> dict[tuple[str, str], bool]:
     """``schema<TAB>name<TAB>allowed|refused<TAB>why`` lines; raises RegistryError."""
     found: dict[tuple[str, str], bool] = {}
-    for number, fields in _content_lines(text, source):
+    for number, fields in content_lines(text, source):
         if len(fields) not in (3, 4) or not fields[0] or not fields[1]:
             raise RegistryError(
                 f"{source}:{number}: expected schema<TAB>name<TAB>allowed|refused<TAB>why"
