@@ -20,7 +20,6 @@ from policyc.errors import (
     lookup,
 )
 from policyc.proxy.judge.action import (
-    BLOCKED_SQLSTATE,
     ROW_LIMITED_KINDS,
     RUN,
     Hold,
@@ -29,6 +28,7 @@ from policyc.proxy.judge.action import (
     counts_rows,
 )
 from policyc.proxy.judge.cache import Judge, Judgement
+from policyc.proxy.judge.verdict import BLOCKED_SQLSTATE
 from policyc.vocab import Outcome, Shape
 
 POLICY: Any = clinic_policy("clinic")

@@ -10,6 +10,7 @@ One meaning per word:
 * an :class:`Outcome` is what the judge says of one statement before it runs;
 * a :class:`RecordDecision` is what an audit record says happened to it (the values of
   ``audit.statements.decision``, whose CHECK constraint in ``sql/`` lists the same words);
+* an :class:`ApprovalStatus` is where a human's approval request stands;
 * a :class:`Shape` is a risky statement shape the classifier finds (the reasons and rules of
   each live in the judge's registry, ``proxy/judge/registry/shapes.tsv``).
 """
@@ -22,6 +23,7 @@ from typing import Final
 __all__ = [
     "APPROVABLE_SHAPES",
     "IDENTITY_SCHEMA",
+    "ApprovalStatus",
     "Channel",
     "IdentityFunction",
     "Outcome",
@@ -55,6 +57,21 @@ class RecordDecision(StrEnum):
     DENIED = "denied"
     EXPIRED = "expired"
     ERROR = "error"
+
+
+class ApprovalStatus(StrEnum):
+    """Where an approval request stands (``audit.approvals.status``)."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        """True once the request is decided (or gone): it never changes again."""
+        return self is not ApprovalStatus.PENDING
 
 
 class Shape(StrEnum):

@@ -23,11 +23,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from policyc.resources import sql_dir
-from policyc.vocab import Channel
+from policyc.vocab import ApprovalStatus, Channel
 
 log = logging.getLogger("policyc.proxy.holds")
 
-FINAL = {"approved", "denied", "expired", "cancelled"}
+FINAL = frozenset(status for status in ApprovalStatus if status.final)
 
 
 @functools.cache

@@ -22,9 +22,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from policyc.errors import InsufficientPrivilege, SqlStateError, lookup
+from policyc.errors import SqlStateError, lookup
 from policyc.proxy.judge.statement import Classification, StatementKind
-from policyc.proxy.judge.verdict import Verdict
+from policyc.proxy.judge.verdict import BLOCKED_SQLSTATE, Verdict
 from policyc.vocab import Outcome
 
 #: Statement kinds whose result rows count against the group's ``rows_over``: reads, writes
@@ -33,9 +33,6 @@ from policyc.vocab import Outcome
 ROW_LIMITED_KINDS: Final[frozenset[StatementKind | None]] = frozenset(
     {"select", "copy_out", "fetch", "execute", "insert", "update", "delete", "merge",
      "declare_cursor", None})
-
-#: SQLSTATE of every policy block: insufficient_privilege.
-BLOCKED_SQLSTATE: Final = InsufficientPrivilege.sqlstate
 
 
 def counts_rows(kind: StatementKind | None, tables: Collection[str],

@@ -50,9 +50,9 @@ StatementKind = Literal[
 #: How far a statement's effects can reach (see
 #: :func:`~policyc.proxy.judge.effects.effect_scope`): ``none`` (a side-effect-free read,
 #: BEGIN, SAVEPOINT ...), ``rollback`` (ROLLBACK/ABORT: undoes, and ends the transaction
-#: block), ``transaction`` (changes data only inside the open
-#: transaction: nothing of it outlives a rollback), ``commit`` (COMMIT/END: makes what the
-#: transaction did last, and does nothing else) and ``any``.
+#: block), ``transaction`` (changes data only inside the open transaction: nothing of it
+#: outlives a rollback), ``commit`` (COMMIT/END: makes what the transaction did last, and
+#: does nothing else) and ``any``.
 Scope = Literal["none", "rollback", "transaction", "commit", "any"]
 
 #: Risky shapes a classification may carry (a superset of the policy's approvable shapes).
