@@ -38,7 +38,8 @@ from policyc.identity import (
 )
 from policyc.identity.groups import StartupOptionsError, parse_startup_options
 from policyc.policy.model import Group
-from policyc.proxy.auditlog import AuditLog, AuditUnavailable
+from policyc.proxy.audit import AuditLog, AuditUnavailable
+from policyc.proxy.audit.records import SessionRecord
 from policyc.proxy.ceilings import CeilingsUnavailable, session_timeout_ceilings
 from policyc.proxy.codec import (
     AUTHENTICATION_CLEARTEXT_PASSWORD,
@@ -64,7 +65,6 @@ from policyc.proxy.codec.framing import LoginFramer
 from policyc.proxy.config import ProxyConfig, is_loopback
 from policyc.proxy.decide import Decider
 from policyc.proxy.holds import ApprovalBroker
-from policyc.proxy.records import SessionRecord
 from policyc.proxy.registry import registry_for_server_version
 from policyc.proxy.session import Session
 from policyc.proxy.settings import (

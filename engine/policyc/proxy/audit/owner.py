@@ -15,7 +15,7 @@ process at a time:
   audit log compares again on every connection it opens later, so a host name that starts
   pointing at another cluster while the proxy runs never receives the spool's records.
 * **One process.**  ``<spool>/spool.lock`` is held with ``flock`` for as long as the audit
-  log runs (:mod:`policyc.proxy.spool`); a second proxy on the same directory is refused.
+  log runs (:mod:`policyc.proxy.audit.spool`); a second proxy on the same directory is refused.
 * **Unowned spools.**  A spool with undrained records and no owner file was written by an
   older policyc (or its owner file was removed): nothing says where its records belong, so it
   is refused too, unless the operator creates the empty file ``<spool>/owner.adopt`` to say
@@ -43,7 +43,7 @@ from typing import Any
 import psycopg
 
 from policyc.errors import PolicycError
-from policyc.proxy.spool import fsync_directory
+from policyc.proxy.audit.spool import fsync_directory
 from policyc.resources import sql_dir
 
 OWNER_NAME = "owner.json"
