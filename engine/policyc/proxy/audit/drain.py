@@ -34,7 +34,7 @@ from policyc.proxy.audit.books import Books, Counts, Work
 from policyc.proxy.audit.connect import STATEMENT_TIMEOUT, Connector, close_quietly
 from policyc.proxy.audit.events import rows_json
 from policyc.proxy.audit.failures import sqlstate_of
-from policyc.proxy.audit.sessions import INSERT_SESSIONS, SessionDesk
+from policyc.proxy.audit.sessions import INSERT_SESSIONS, UNLIST_SESSIONS, SessionDesk
 from policyc.proxy.audit.writer import LogState, Writer
 
 log = logging.getLogger("policyc.proxy.audit")
@@ -171,6 +171,8 @@ class Drainer:
             if time.monotonic() >= self._next_partitions:
                 await self._ensure_partitions()  # before inserting into them
             drained = await self._drain_all()
+            if drained:
+                await self._instances_upkeep()
             if (drained and self.dirty and self._checkpoint_interval
                     and time.monotonic() >= self._next_checkpoint):
                 await self.checkpoint()
@@ -209,6 +211,15 @@ class Drainer:
                 dropped, self.conn = self.conn, None
                 await close_quietly(dropped)
             return False
+
+    async def _instances_upkeep(self) -> None:
+        """Heartbeat and closing crashed instances' sessions (see
+        :mod:`policyc.proxy.audit.sessions`); failures are logged, never raised."""
+        try:
+            await self._desk.upkeep(await self._connect(), drained=True)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._counts["upkeep_errors"] += 1
+            log.warning("audit instance upkeep failed (%s); retrying later", sqlstate_of(exc))
 
     # --- draining -------------------------------------------------------------------------
     async def _drain_all(self) -> bool:
@@ -256,6 +267,8 @@ class Drainer:
                 await conn.execute(INSERT_STATEMENTS, (rows_json(statements),))
             if closes:
                 await conn.execute(CLOSE_SESSIONS, (rows_json(closes),))
+                if await self._desk.supports_instances(conn):
+                    await conn.execute(UNLIST_SESSIONS, (rows_json(closes),))
 
     async def _insert_each(self, conn: psycopg.AsyncConnection[Any], batch: list[Work],
                            cause: Exception) -> None:

@@ -52,14 +52,14 @@ from policyc.proxy.audit.connect import Connector, close_quietly
 from policyc.proxy.audit.drain import DRAIN_INTERVAL, Drainer
 from policyc.proxy.audit.events import begin_event, begin_line, end_event, end_line
 from policyc.proxy.audit.failures import AuditUnavailable, sqlstate_of
-from policyc.proxy.audit.owner import SpoolOwnershipError, claim, read_identity
+from policyc.proxy.audit.owner import SpoolOwnershipError, claim, instance_id, read_identity
 from policyc.proxy.audit.records import (
     SessionEnd,
     SessionRecord,
     StatementOutcome,
     StatementRecord,
 )
-from policyc.proxy.audit.sessions import SessionDesk
+from policyc.proxy.audit.sessions import DEAD_AFTER, HEARTBEAT_EVERY, SessionDesk
 from policyc.proxy.audit.spool import RecoveredSegment, Spool
 from policyc.proxy.audit.writer import LogState, Writer
 
@@ -72,7 +72,7 @@ T = TypeVar("T")
 
 _COUNTS = ("spooled", "drained", "statements_inserted", "write_batches", "io_errors",
            "full_refusals", "refused_dropped", "recovered_unfinished", "torn_lines",
-           "checkpoints", "partition_runs", "upkeep_errors")
+           "checkpoints", "partition_runs", "upkeep_errors", "orphans_closed")
 
 
 class AuditLog:
@@ -83,7 +83,9 @@ class AuditLog:
                  drain_interval: float = DRAIN_INTERVAL, batch_size: int = 1000,
                  db_timeout: float = 5.0, stale_after: float = 3600.0,
                  checkpoint_interval: float = 60.0, lazy_delay: float = 0.002,
-                 inline: bool = True, upstream: Upstream | None = None) -> None:
+                 inline: bool = True, upstream: Upstream | None = None,
+                 heartbeat_every: float = HEARTBEAT_EVERY,
+                 dead_after: float = DEAD_AFTER) -> None:
         # spool ownership (the proxy passes its upstream; see policyc.proxy.audit.owner)
         self._upstream = upstream
         self._connector = Connector(conninfo, db_timeout)
@@ -98,7 +100,8 @@ class AuditLog:
                               max_spool_bytes=max_spool_bytes, lazy_delay=lazy_delay,
                               inline=inline, wake_drainer=self._wake_drainer)
         self._desk = SessionDesk(self._connector, self._writer, self._state, self._counts,
-                                 proxy_name=proxy_name)
+                                 proxy_name=proxy_name, heartbeat_every=heartbeat_every,
+                                 dead_after=dead_after)
         self._drainer = Drainer(self._books, self._writer, self._desk, self._connector,
                                 self._state, self._counts, drain_interval=drain_interval,
                                 batch_size=batch_size, checkpoint_interval=checkpoint_interval)
@@ -130,6 +133,7 @@ class AuditLog:
                 await self._claim_spool(self._upstream, recovered)
             try:
                 await self._io(self._spool.begin)
+                self._desk.instance = await self._io(instance_id, self._spool.directory)
             except OSError as exc:
                 raise AuditUnavailable(
                     f"the audit spool cannot be written: {exc.strerror or exc}",
