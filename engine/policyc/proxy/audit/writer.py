@@ -10,8 +10,11 @@ batch.  Where the write runs:
   ready queues its lines first.  No thread hop: handing a batch to a thread and back costs two
   wake-ups and two GIL hand-overs, measured at 100-180 µs per statement at one client on the
   development host (2 CPUs, fdatasync ≈ 150-250 µs), most of what the fsync itself costs;
-  inline was about 30 % faster at one client and no slower at 16 (bench/spoolcost.py
-  measures it again).
+  inline was about 30 % faster at one client and no slower at 16.  Measured again for issue
+  #13 with ``bench/spoolcost.py`` (same host, spool alone): inline 6.0-7.5k records/s at one
+  writer against 4.1-4.9k on the thread, 17.8-19.0k against 12.5-15.5k at 16 (16 records per
+  fsync inline, 7-8 on the thread).  The thread costs the loop less per record at one writer
+  (66-73 µs against 131-165 µs, the fsync included) but each record waits longer for it.
 * on the **spool thread** (:class:`~policyc.proxy.audit.spoolthread.SpoolThread`) while the
   moving average of an append is over :data:`INLINE_MAX_FSYNC` (a slow or networked disk: then
   the loop must keep serving sessions during the fsync), while that thread owns the spool, and
