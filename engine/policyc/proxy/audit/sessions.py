@@ -28,7 +28,8 @@ statement):
   and every statement the crashed run made durable is in the database), it closes the
   sessions its earlier runs left open: a run's sessions cannot outlive its process;
 * **another instance's**, by any instance, once that instance's heartbeat is older than
-  ``dead_after`` (default 15 minutes): its host is presumed gone with its spool.  Known limit:
+  ``dead_after`` (default 15 minutes): its host is presumed gone with its spool (an instance
+  whose audit connection is down that long stops beating too).  Known limit:
   if that spool is recovered after all, its late records of such a session arrive after the
   session's recorded end (a record at the end's position is quarantined, never dropped, and
   ``audit verify`` reports what lies beyond); choose ``dead_after`` longer than any restart.
