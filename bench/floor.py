@@ -2,7 +2,7 @@
 
 Every statement's record is made durable (written and ``fdatasync``'ed) before the statement
 can matter, so at one client no proxy can add less than one flush to a statement whose
-answer depends on it.  Measured with the proxy's own :class:`policyc.proxy.spool.Spool`
+answer depends on it.  Measured with the proxy's own :class:`policyc.proxy.audit.spool.Spool`
 (preallocated segments, as the proxy runs it) in the directory the proxy's spool uses, on a
 quiet machine, before the data-path runs.
 """
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from policyc.proxy.spool import Spool
+from policyc.proxy.audit.spool import Spool
 
 #: About the size of one statement's begin line in the spool.
 LINE = b'{"e":"begin","text":"' + b"x" * 400 + b'"}\n'

@@ -21,14 +21,14 @@ import pytest
 
 from conftest import ROOT, Database
 from policyc.devcluster import free_port
-from policyc.proxy.auditlog import (
+from policyc.proxy.audit import (
     RECOVERED_REASON,
     STALE_REASON,
     AuditLog,
     AuditUnavailable,
 )
-from policyc.proxy.records import SessionEnd, SessionRecord, StatementOutcome, StatementRecord
-from policyc.proxy.spool import PREALLOC_NAME, Spool, read_segment, segment_name
+from policyc.proxy.audit.records import SessionEnd, SessionRecord, StatementOutcome, StatementRecord
+from policyc.proxy.audit.spool import PREALLOC_NAME, Spool, read_segment, segment_name
 
 T = TypeVar("T")
 SESSION = uuid.UUID("00000000-0000-4000-8000-000000000001")
@@ -260,8 +260,8 @@ def test_drained_rows_match_the_records_and_replay_is_idempotent(
 CRASHER = """
 import asyncio, os, signal, sys, time, uuid
 from pathlib import Path
-from policyc.proxy.auditlog import AuditLog
-from policyc.proxy.records import StatementOutcome, StatementRecord
+from policyc.proxy.audit import AuditLog
+from policyc.proxy.audit.records import StatementOutcome, StatementRecord
 
 async def main():
     log = AuditLog(sys.argv[1], Path(sys.argv[2]), proxy_name="crasher")
@@ -584,38 +584,3 @@ def test_segments_rotated_and_deleted_under_load_lose_no_durable_record(
     found = statements(applied_clinic)
     missing = [rid for rid in durable if str(rid) not in found]
     assert len(durable) == 720 and not missing, f"{len(missing)} durable records lost"
-
-
-def test_an_outcome_booked_before_its_begin_is_paired(tmp_path: Path) -> None:
-    """A batch flushed inline can be booked before an earlier batch the spool thread wrote
-    (its completion callback still queued): the outcome must wait for its begin, not be
-    dropped (which left the statement without a row until it went stale)."""
-    log = new_log(dead_dsn(), tmp_path / "spool")
-    rec = stmt()
-    log._absorb(outcome(rec, rows=7), 2, 10, live=True)
-    assert not log._work  # nothing to drain yet
-    log._absorb(rec, 1, 10, live=True)
-    log._pair_orphans()  # what booking a written batch does after its events
-    assert len(log._work) == 1
-    work = log._work[0]
-    assert work.row["record_id"] == str(rec.record_id) and work.row["rows"] == 7
-    assert sorted(work.segments) == [1, 2]
-    assert not log._open and not log._orphans
-    # in a recovered spool (file order) an outcome without a begin means the begin was
-    # drained before: released at once
-    log._absorb(outcome(stmt()), 3, 10, live=False)
-    assert not log._orphans and 3 not in log._refs
-
-
-def test_a_requeued_record_keeps_its_own_outcome(tmp_path: Path) -> None:
-    """A begin whose write failed is queued again with its outcome; an outcome written for it
-    meanwhile must not take that one's place."""
-    log = new_log(dead_dsn(), tmp_path / "spool")
-    rec = stmt()
-    log._absorb(outcome(rec, rows=3), 1, 10, live=True)
-    log._absorb(rec, 2, 10, live=True)
-    log._absorb(outcome(rec, rows=None, sqlstate="58030", note="answer withheld"), 2, 10,
-                live=True)
-    log._pair_orphans()
-    assert [(w.row["rows"], w.row["sqlstate"]) for w in log._work] == [(None, "58030")]
-    assert not log._orphans and not log._open and 1 not in log._refs

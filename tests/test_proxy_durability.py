@@ -270,14 +270,14 @@ def spool(proxy: RunningProxy, *, inline: bool, fail: bool = False,
         release.wait(20)
         return append(data)
 
-    audit._inline = inline
+    audit._writer.inline = inline
     store.append = held  # type: ignore[method-assign]
     try:
         yield release
     finally:
         release.set()
         store.append = append  # type: ignore[method-assign]
-        audit._inline = True
+        audit._writer.inline = True
 
 
 @pytest.fixture(autouse=True)

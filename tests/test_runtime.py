@@ -20,9 +20,9 @@ def test_render_writes_control_and_versioned_scripts(tmp_path: Path) -> None:
     written = {p.name for p in runtime.render(tmp_path)}
     assert "policyc.control" in written
     # one install script, then upgrade scripts up to the current version (PostgreSQL installs
-    # 0.4.0 as 0.1.0 + the 0.1.0--0.2.0, 0.2.0--0.3.0 and 0.3.0--0.4.0 upgrades)
+    # 0.5.0 as 0.1.0 + the 0.1.0--0.2.0, ..., 0.4.0--0.5.0 upgrades)
     assert {"policyc--0.1.0.sql", "policyc--0.1.0--0.2.0.sql", "policyc--0.2.0--0.3.0.sql",
-            f"policyc--0.3.0--{RUNTIME_VERSION}.sql"} <= written
+            "policyc--0.3.0--0.4.0.sql", f"policyc--0.4.0--{RUNTIME_VERSION}.sql"} <= written
     control = (tmp_path / "policyc.control").read_text()
     assert f"default_version = '{RUNTIME_VERSION}'" in control
     script = (tmp_path / "policyc--0.1.0.sql").read_text()
@@ -32,9 +32,11 @@ def test_render_writes_control_and_versioned_scripts(tmp_path: Path) -> None:
     assert upgrade.startswith("\\echo Use") and "CREATE FUNCTION audit.approve" in upgrade
     chained = (tmp_path / "policyc--0.2.0--0.3.0.sql").read_text()
     assert chained.startswith("\\echo Use") and "CREATE FUNCTION audit.verify" in chained
-    latest = (tmp_path / f"policyc--0.3.0--{RUNTIME_VERSION}.sql").read_text()
-    assert latest.startswith("\\echo Use") and "Runtime 0.4.0 writes exactly" in latest
-    for text in (script, upgrade, chained, latest):
+    cheaper = (tmp_path / "policyc--0.3.0--0.4.0.sql").read_text()
+    assert cheaper.startswith("\\echo Use") and "Runtime 0.4.0 writes exactly" in cheaper
+    latest = (tmp_path / f"policyc--0.4.0--{RUNTIME_VERSION}.sql").read_text()
+    assert latest.startswith("\\echo Use") and "policyc.proxy_sessions" in latest
+    for text in (script, upgrade, chained, cheaper, latest):
         assert "{{" not in text and "{%" not in text
 
 
@@ -42,10 +44,12 @@ def test_upgrade_path_walks_scripts_in_order() -> None:
     path = runtime.upgrade_path(None)
     assert path[0].source is None and path[-1].target == RUNTIME_VERSION
     assert [(s.source, s.target) for s in path] == [
-        (None, "0.1.0"), ("0.1.0", "0.2.0"), ("0.2.0", "0.3.0"), ("0.3.0", "0.4.0")]
+        (None, "0.1.0"), ("0.1.0", "0.2.0"), ("0.2.0", "0.3.0"), ("0.3.0", "0.4.0"),
+        ("0.4.0", "0.5.0")]
     assert [(s.source, s.target) for s in runtime.upgrade_path("0.1.0")] == [
-        ("0.1.0", "0.2.0"), ("0.2.0", "0.3.0"), ("0.3.0", "0.4.0")]
-    assert [(s.source, s.target) for s in runtime.upgrade_path("0.3.0")] == [("0.3.0", "0.4.0")]
+        ("0.1.0", "0.2.0"), ("0.2.0", "0.3.0"), ("0.3.0", "0.4.0"), ("0.4.0", "0.5.0")]
+    assert [(s.source, s.target) for s in runtime.upgrade_path("0.3.0")] == [
+        ("0.3.0", "0.4.0"), ("0.4.0", "0.5.0")]
     assert runtime.upgrade_path(RUNTIME_VERSION) == []
     with pytest.raises(LookupError, match=r"no upgrade script from runtime 0\.0\.1"):
         runtime.upgrade_path("0.0.1")

@@ -29,18 +29,18 @@ from conftest import CLINIC, Database, _make_database, clinic_policy
 from policyc.apply import apply_policy
 from policyc.cli import build_parser
 from policyc.devcluster import Cluster, free_port
-from policyc.proxy.auditlog import AuditLog, AuditUnavailable
-from policyc.proxy.config import ProxyConfig, parse_upstream
-from policyc.proxy.records import StatementOutcome, StatementRecord
-from policyc.proxy.server import ProxyServer
-from policyc.proxy.spool import LOCK_NAME, Spool, SpoolLocked, read_segment
-from policyc.proxy.spoolowner import (
+from policyc.proxy.audit import AuditLog, AuditUnavailable
+from policyc.proxy.audit.owner import (
     ADOPT_NAME,
     OWNER_NAME,
     SpoolOwnershipError,
     default_spool_dir,
     spool_leaf,
 )
+from policyc.proxy.audit.records import StatementOutcome, StatementRecord
+from policyc.proxy.audit.spool import LOCK_NAME, Spool, SpoolLocked, read_segment
+from policyc.proxy.config import ProxyConfig, parse_upstream
+from policyc.proxy.server import ProxyServer
 from proxyharness import run_proxy, wait_for
 
 POLICY = CLINIC / "policy.yaml"
@@ -271,15 +271,16 @@ def test_a_database_that_changes_under_the_same_address_never_gets_the_records(
                        upstream=upstream, drain_interval=0.01)
         await log.start()
         try:
-            log._conninfo = parse_upstream(b.dsn_as("policyc_proxy")).conninfo()  # the move
-            conn, log._drain_conn = log._drain_conn, None
+            # the move
+            log._connector.conninfo = parse_upstream(b.dsn_as("policyc_proxy")).conninfo()
+            conn, log._drainer.conn = log._drainer.conn, None
             if conn is not None:
                 await conn.close()
             rec = stmt(f"SELECT 1 AS {marker}")
             await log.record_statement(rec, StatementOutcome(rec.record_id, 1, 1.0))
             assert not await log.flush(timeout=1.0)  # B is never written: an outage
             assert recorded(b, marker) == 0
-            log._conninfo = upstream.conninfo()  # the address points home again
+            log._connector.conninfo = upstream.conninfo()  # the address points home again
             assert await log.flush(timeout=30.0)
         finally:
             await log.close()

@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from policyc.errors import PolicycError
 from policyc.policy.model import Policy
-from policyc.proxy.spoolowner import default_spool_dir
+from policyc.proxy.audit.owner import default_spool_dir
 
 
 class ProxyConfigError(PolicycError):

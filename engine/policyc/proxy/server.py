@@ -38,7 +38,8 @@ from policyc.identity import (
 )
 from policyc.identity.groups import StartupOptionsError, parse_startup_options
 from policyc.policy.model import Group
-from policyc.proxy.auditlog import AuditLog, AuditUnavailable
+from policyc.proxy.audit import AuditLog, AuditUnavailable
+from policyc.proxy.audit.records import SessionRecord
 from policyc.proxy.ceilings import CeilingsUnavailable, session_timeout_ceilings
 from policyc.proxy.codec import (
     AUTHENTICATION_CLEARTEXT_PASSWORD,
@@ -71,7 +72,6 @@ from policyc.proxy.judge.settings import (
     SETTABLE,
     setting_reason,
 )
-from policyc.proxy.records import SessionRecord
 from policyc.proxy.session import Session
 from policyc.proxy.upstream import UpstreamError, connect, send_cancel
 from policyc.resources import sql_dir

@@ -58,7 +58,8 @@ from typing import Any, Final, Protocol, TypeVar
 
 from policyc.identity import AgentIdentity
 from policyc.policy.model import Group, ResultRecording
-from policyc.proxy.auditlog import AuditUnavailable
+from policyc.proxy.audit import AuditUnavailable
+from policyc.proxy.audit.records import SessionEnd, StatementOutcome, StatementRecord
 from policyc.proxy.codec import (
     Bind,
     Close,
@@ -84,7 +85,6 @@ from policyc.proxy.judge.cache import Judge, Judgement
 from policyc.proxy.judge.settings import PINNED, TIMEOUTS, setting_value_reason
 from policyc.proxy.judge.statement import StatementInfo
 from policyc.proxy.names import Found, NameBook, Refuse, Slot, Wait, WaitAnswers, name_refusal
-from policyc.proxy.records import SessionEnd, StatementOutcome, StatementRecord
 from policyc.proxy.results import ResultBudget, ResultCapture, not_kept_reason, with_formats
 from policyc.proxy.upstream import UpstreamSession
 

@@ -11,7 +11,7 @@ is skipped on recovery.  After a write error the segment is abandoned (never app
 again) so a torn line can only ever be a segment's last.  ``<dir>/spool.lock`` holds an
 exclusive ``flock`` for as long as the spool is open, so two proxies never share (and delete
 each other's) segments; it also says which process holds it (its pid), for the refusal of the
-second.  Whom the spool belongs to is :mod:`policyc.proxy.spoolowner`'s business.
+second.  Whom the spool belongs to is :mod:`policyc.proxy.audit.owner`'s business.
 
 Preallocated segments (why: the fsync is the floor of every statement's latency).  Appending
 to a file changes its size, so every ``fdatasync`` also commits the file system's journal;

@@ -15,7 +15,11 @@ process at a time:
   audit log compares again on every connection it opens later, so a host name that starts
   pointing at another cluster while the proxy runs never receives the spool's records.
 * **One process.**  ``<spool>/spool.lock`` is held with ``flock`` for as long as the audit
-  log runs (:mod:`policyc.proxy.spool`); a second proxy on the same directory is refused.
+  log runs (:mod:`policyc.proxy.audit.spool`); a second proxy on the same directory is refused.
+* **One instance.**  ``<spool>/instance`` holds the id of the proxy instance the spool is
+  (:func:`instance_id`, written once like the owner file): a proxy restarted on its spool is
+  the same instance, which lets it close the sessions its crashed run left open
+  (:mod:`policyc.proxy.audit.sessions`).
 * **Unowned spools.**  A spool with undrained records and no owner file was written by an
   older policyc (or its owner file was removed): nothing says where its records belong, so it
   is refused too, unless the operator creates the empty file ``<spool>/owner.adopt`` to say
@@ -34,6 +38,7 @@ import json
 import os
 import pwd
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -43,10 +48,11 @@ from typing import Any
 import psycopg
 
 from policyc.errors import PolicycError
-from policyc.proxy.spool import fsync_directory
+from policyc.proxy.audit.spool import fsync_directory
 from policyc.resources import sql_dir
 
 OWNER_NAME = "owner.json"
+INSTANCE_NAME = "instance"
 ADOPT_NAME = "owner.adopt"
 _OWNER_TMP = "owner.json.tmp"
 FORMAT = 1
@@ -137,8 +143,25 @@ def write_owner(directory: Path, owner: UpstreamIdentity, proxy_name: str,
         "proxy": proxy_name,
         "claimed_at": claimed_at or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    body = (json.dumps(data, indent=2) + "\n").encode()
-    tmp = directory / _OWNER_TMP
+    _write_durably(directory, OWNER_NAME, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def instance_id(directory: Path) -> uuid.UUID:
+    """The id of the proxy instance whose spool is ``directory`` (locked by the caller),
+    created (durably) the first time.  An unreadable id is replaced: the sessions of the
+    earlier id are then closed by the others once its heartbeat is old."""
+    path = directory / INSTANCE_NAME
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return uuid.UUID(path.read_text(encoding="ascii").strip())
+    made = uuid.uuid4()
+    _write_durably(directory, INSTANCE_NAME, f"{made}\n".encode())
+    return made
+
+
+def _write_durably(directory: Path, name: str, body: bytes) -> None:
+    """``directory/name`` replaced atomically and durably (temporary file, fsync, rename,
+    fsync of the directory)."""
+    tmp = directory / f"{name}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(body)
@@ -147,7 +170,7 @@ def write_owner(directory: Path, owner: UpstreamIdentity, proxy_name: str,
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.rename(tmp, directory / OWNER_NAME)
+    os.rename(tmp, directory / name)
     fsync_directory(directory)
 
 
