@@ -12,7 +12,6 @@ After every proxy run we wait until its audit log has drained into ``audit.state
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,18 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from dbcost import rotate
+from common import next_idbase, rotate
 from loadgen import Sample, median_sample, run_pgbench
 
 HERE = Path(__file__).resolve().parent
 PATHS = ("direct", "pgbouncer", "proxy")
 Log = Callable[[str], None]
-_RUN_IDS = itertools.count(1)
-
-
-def next_idbase() -> int:
-    """The first id of new visits for one pgbench run, unique per run within the process."""
-    return next(_RUN_IDS) * 1_000_000_000
 
 
 @dataclass(frozen=True)
