@@ -91,6 +91,8 @@ class Startup:
     framer: LoginFramer
     early: list[Frame]
     tls: bool
+    client_addr: str  # as the socket said at accept
+    client_port: int
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ async def negotiate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     deadline: float) -> Startup | CancelRequest:
     """Answer SSLRequest and GSSENCRequest (at most one each, as PostgreSQL) until the client
     sends its StartupMessage or a CancelRequest; LoginTimedOut past ``deadline``."""
+    client_addr, client_port = _peer(writer)
     framer = login_framer(config)
     tls = ssl_asked = gss_asked = False
     while True:
@@ -164,7 +167,7 @@ async def negotiate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         if isinstance(message, CancelRequest):
             return message
         assert isinstance(message, StartupMessage)
-        return Startup(message, framer, frames[1:], tls)
+        return Startup(message, framer, frames[1:], tls, client_addr, client_port)
 
 
 def startup_settings(startup: StartupMessage) -> tuple[dict[str, str], str | None]:
@@ -268,7 +271,7 @@ class Logins:
         params = startup.message.params
         user = params.get("user", "")
         tls = startup.tls
-        client_addr, client_port = _peer(writer)
+        client_addr, client_port = startup.client_addr, startup.client_port
         tls_version = writer.get_extra_info("ssl_object").version() if tls else None
         base = {"session_id": session_id, "started_at": started, "client_addr": client_addr,
                 "client_port": client_port, "tls": tls, "tls_version": tls_version,
