@@ -21,6 +21,7 @@ from typing import Any
 
 import hotpath
 import psycopg
+from common import CLUSTER_SETTINGS
 from services import ROOT, python_env
 
 from policyc.devcluster import throwaway_cluster
@@ -158,9 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=1, help="fresh clusters (1)")
     parser.add_argument("--noops", type=int, default=3, help="no-op re-applies per cluster (3)")
     args = parser.parse_args(argv)
-    import run  # noqa: PLC0415 - the harness's cluster settings (run imports us)
-
-    result = measure(args.tables, args.groups, args.reps, args.noops, run.CLUSTER_SETTINGS,
+    result = measure(args.tables, args.groups, args.reps, args.noops, CLUSTER_SETTINGS,
                      lambda message: print(message, file=sys.stderr, flush=True))
     print(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=1))
     return 0

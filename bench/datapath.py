@@ -12,7 +12,6 @@ After every proxy run we wait until its audit log has drained into ``audit.state
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,18 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from dbcost import rotate
+from common import next_idbase, rotate
 from loadgen import Sample, median_sample, run_pgbench
 
 HERE = Path(__file__).resolve().parent
 PATHS = ("direct", "pgbouncer", "proxy")
 Log = Callable[[str], None]
-_RUN_IDS = itertools.count(1)
-
-
-def next_idbase() -> int:
-    """The first id of new visits for one pgbench run, unique per run within the process."""
-    return next(_RUN_IDS) * 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -70,7 +63,7 @@ class Endpoints:
     defines: dict[str, int] = field(default_factory=dict)
 
 
-def _audited(admin: psycopg.Connection[Any]) -> int:
+def audited_count(admin: psycopg.Connection[Any]) -> int:
     row = admin.execute("SELECT count(*) FROM audit.statements").fetchone()
     return int(row[0]) if row else 0
 
@@ -80,13 +73,13 @@ def wait_drained(admin: psycopg.Connection[Any], at_least: int, timeout: float =
     deadline = time.monotonic() + timeout
     last, stable = -1, 0
     while time.monotonic() < deadline:
-        count = _audited(admin)
+        count = audited_count(admin)
         stable = stable + 1 if count == last else 0
         if count >= at_least and stable >= 2:
             return count
         last = count
         time.sleep(0.2)
-    return _audited(admin)
+    return audited_count(admin)
 
 
 def run_one(ep: Endpoints, wl: Workload, path: str, mode: str, clients: int,
@@ -116,7 +109,7 @@ def run_matrix(ep: Endpoints, workloads: Sequence[Workload], modes: Sequence[str
                 for mode in modes:
                     for n in clients:
                         for path in rotate(PATHS, rep + n):
-                            before = _audited(admin) if path == "proxy" else 0
+                            before = audited_count(admin) if path == "proxy" else 0
                             sample = run_one(ep, wl, path, mode, n, duration)
                             samples.setdefault((wl.name, mode, n, path), []).append(sample)
                             note = ""

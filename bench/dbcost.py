@@ -26,21 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from common import CLUSTER_SETTINGS, POLICY, load_seed, rotate, setup_clinic
 from psycopg import pq
 
 from policyc.compiler.render import statements
+from policyc.devcluster import throwaway_cluster
 from policyc.policy import load_policy
 from policyc.policy.model import TableName
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("none", "policyc", "plpgsql")
 Log = Callable[[str], None]
-
-
-def rotate(items: Sequence[str], by: int) -> list[str]:
-    """``items`` rotated left by ``by``: the order of variants changes between repetitions."""
-    k = by % len(items)
-    return list(items[k:]) + list(items[:k])
 
 
 def bulk_up_patients(dsn: str, total: int, seed_module: Any, seed: int = 7) -> int:
@@ -210,8 +206,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python bench/dbcost.py masking|trigger``: the masking or audit trigger benchmark
     alone, on its own throwaway cluster (same settings, data and policy as ``make bench``);
     prints the result as JSON."""
-    import run  # noqa: PLC0415 - the harness's cluster settings and clinic setup (run imports us)
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("part", choices=["masking", "trigger"])
     parser.add_argument("--rows", type=int, default=100_000, help="patients rows (100000)")
@@ -222,17 +216,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    with run.throwaway_cluster(run.CLUSTER_SETTINGS) as cluster:
-        run.setup_clinic(cluster, patients=min(3000, args.rows))
+    with throwaway_cluster(CLUSTER_SETTINGS) as cluster:
+        setup_clinic(cluster, patients=min(3000, args.rows))
         scratch = cluster.dsn("scratch")
-        bulk_up_patients(scratch, args.rows, run.load_seed())
+        bulk_up_patients(scratch, args.rows, load_seed())
         if args.part == "masking":
             result = masking_cost(scratch, lambda group: cluster.dsn("scratch", user=group),
                                   args.runs or 7, log)
             print(json.dumps({g: {k: v for k, v in r.items() if not k.endswith("_runs")}
                               for g, r in result.items()}, indent=1))
         else:
-            phi = sorted(load_policy(run.POLICY).phi[TableName("public", "patients")])
+            phi = sorted(load_policy(POLICY).phi[TableName("public", "patients")])
             trigger = audit_trigger_cost(scratch, args.rows, args.runs or 3, phi, log)
             print(json.dumps({k: v for k, v in trigger.items() if k != "runs"}, indent=1))
     return 0

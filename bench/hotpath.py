@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datapath import next_idbase
+from common import next_idbase
 from loadgen import Sample, run_pgbench
 from services import ROOT, proxy, python_env
 

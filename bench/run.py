@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
-import io
 import json
 import os
 import sys
@@ -37,33 +35,25 @@ if str(ROOT / "engine") not in sys.path:
     sys.path.insert(1, str(ROOT / "engine"))
 
 import applycost  # noqa: E402
+import common  # noqa: E402
 import datapath  # noqa: E402
 import dbcost  # noqa: E402
 import floor  # noqa: E402
 import hotpath  # noqa: E402
-import psycopg  # noqa: E402
 import report  # noqa: E402
 import services  # noqa: E402
+from common import (  # noqa: E402
+    CLUSTER_SETTINGS,
+    POLICY,
+    load_seed,
+    log,
+    setup_clinic,
+    tokens,
+)
 
-from policyc.cli import main as policyc  # noqa: E402
 from policyc.devcluster import Cluster, throwaway_cluster  # noqa: E402
 from policyc.policy import load_policy  # noqa: E402
 from policyc.policy.model import TableName  # noqa: E402
-
-CLINIC = ROOT / "examples" / "clinic"
-POLICY = CLINIC / "policy.yaml"
-AGENT = "bench-agent"
-OIDC = {"research": ("research-agents", []),
-        "clinician": ("clinician-agents", ["clinic_id=2"])}
-
-# Production-like: every commit fsynced (never FAST_TEST_SETTINGS here).
-CLUSTER_SETTINGS = {
-    "fsync": "on",
-    "synchronous_commit": "on",
-    "full_page_writes": "on",
-    "shared_buffers": "256MB",
-    "max_wal_size": "2GB",
-}
 
 
 @dataclass(frozen=True)
@@ -90,59 +80,6 @@ QUICK = replace(FULL, label="quick", duration=2, reps=2, mask_runs=3, apply_reps
                 profile_seconds=2)
 SMOKE = replace(QUICK, label="smoke", duration=1, reps=1, clients=(1,), patients=300,
                 rows=1000, mask_runs=1, tables=10, groups=2, noops=1, profile_seconds=1)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def load_seed() -> Any:
-    spec = importlib.util.spec_from_file_location("clinic_seed", CLINIC / "seed.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def cli(*argv: str) -> str:
-    """Run a policyc command in-process; its output, or an error naming the command."""
-    out = io.StringIO()
-    code = policyc(list(argv), out=out)
-    if code != 0:
-        raise RuntimeError(f"policyc {argv[0]} failed with exit code {code}")
-    return out.getvalue()
-
-
-def setup_clinic(cluster: Cluster, patients: int) -> tuple[str, float]:
-    """The clinic database with data, policy and bench identity; (server version, apply s)."""
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute("CREATE DATABASE clinic")
-        row = conn.execute("SHOW server_version").fetchone()
-        version = str(row[0]) if row else "?"
-    dsn = cluster.dsn("clinic")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute((CLINIC / "schema.sql").read_text().encode())
-        load_seed().seed(conn, patients=patients, seed=7)
-    start = time.perf_counter()
-    cli("apply", str(POLICY), "--dsn", dsn)
-    applied = time.perf_counter() - start
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute((HERE / "identity.sql").read_text().encode())
-        conn.execute("VACUUM ANALYZE")
-    # the scratch copy for dbcost, taken before any benchmark traffic touches clinic
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute("CREATE DATABASE scratch TEMPLATE clinic")
-    return version, applied
-
-
-def tokens() -> dict[str, str]:
-    out = {}
-    for group, (oidc, claims) in OIDC.items():
-        argv = ["token", str(POLICY), "--sub", AGENT, "--groups", oidc, "--ttl", "7200"]
-        for claim in claims:
-            argv += ["--claim", claim]
-        out[group] = cli(*argv).strip()
-    return out
 
 
 @contextlib.contextmanager
@@ -193,7 +130,7 @@ def run(settings: Settings, outdir: Path) -> dict[str, Any]:
             with data_path(cluster, work) as (bouncer_port, proxy_port):
                 endpoints = datapath.Endpoints(
                     direct_port=cluster.port, pgbouncer_port=bouncer_port,
-                    proxy_port=proxy_port, dbname="clinic", agent=AGENT, tokens=agent_tokens,
+                    proxy_port=proxy_port, dbname="clinic", agent=common.AGENT, tokens=agent_tokens,
                     admin_dsn=cluster.dsn("clinic"), defines=defines)
                 matrix = datapath.run_matrix(endpoints, datapath.WORKLOADS, settings.modes,
                                              settings.clients, settings.duration,
@@ -212,7 +149,7 @@ def run(settings: Settings, outdir: Path) -> dict[str, Any]:
                     POLICY, cluster.dsn("clinic", user="policyc_proxy"), work / "profile",
                     runs=[hotpath.ProfiledRun(w.name, w.script, agent_tokens[w.group])
                           for w in datapath.WORKLOADS],
-                    agent=AGENT, dbname="clinic", defines=defines, modes=settings.modes,
+                    agent=common.AGENT, dbname="clinic", defines=defines, modes=settings.modes,
                     duration=settings.profile_seconds, log=log))
 
         scratch = cluster.dsn("scratch")

@@ -150,12 +150,13 @@ def python_env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def proxy(policy: Path, upstream_dsn: str, workdir: Path, *,
-          profile: Path | None = None) -> Iterator[tuple[int, int]]:
+          profile: Path | None = None, workers: int = 1) -> Iterator[tuple[int, int]]:
     """``policyc proxy`` as a subprocess with a durable spool in ``workdir``; yields its
     (port, pid).
 
     With ``profile`` it runs through bench/profiled_proxy.py: SIGUSR1 to the pid starts
-    cProfile, SIGUSR2 stops it and writes ``profile``.
+    cProfile, SIGUSR2 stops it and writes ``profile``.  With ``workers`` > 1 it runs
+    ``--workers`` (the pid is the supervisor's) and is yielded once every worker listens.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -166,5 +167,13 @@ def proxy(policy: Path, upstream_dsn: str, workdir: Path, *,
     argv += ["proxy", str(policy), "--listen", f"127.0.0.1:{port}",
              "--upstream", upstream_dsn, "--allow-plaintext-loopback",
              "--spool", str(workdir / "spool")]
-    with spawn(argv, workdir / "proxy.log", port, env=python_env(), cwd=ROOT) as proc:
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    log = workdir / "proxy.log"
+    with spawn(argv, log, port, env=python_env(), cwd=ROOT) as proc:
+        deadline = time.monotonic() + 60
+        while _tail(log, 1 << 20).count("listening on") < workers:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ServiceError(f"{workers} proxy workers did not start:\n{_tail(log)}")
+            time.sleep(0.1)
         yield port, proc.pid

@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,12 +140,10 @@ def _count(text: str) -> int:
 
 
 def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
-    import asyncio
     import logging
-    import signal
 
     from policyc.proxy.config import ProxyConfig, parse_upstream
-    from policyc.proxy.server import ProxyServer
+    from policyc.proxy.workers import Supervisor, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     policy = _load(args.policy)
@@ -167,26 +166,24 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
         print("policyc proxy: give --tls-cert/--tls-key (agents send tokens as passwords), or "
               "--allow-plaintext-loopback for local development", file=sys.stderr)
         return EXIT_USAGE
+    if args.workers == 1:
+        serve(config, out)
+        return EXIT_OK
+    if config.listen_port == 0:
+        print("policyc proxy: --workers needs a fixed port in --listen (each worker binds it)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print(f"policyc proxy: {args.workers} workers on {config.listen_host}:{config.listen_port}"
+          f" (supervisor pid {os.getpid()})", file=out, flush=True)
+    return EXIT_OK if Supervisor(config, args.workers).run() == 0 else EXIT_ERROR
 
-    async def serve() -> None:
-        server = ProxyServer(config)
-        await server.start()
-        print(f"policyc proxy: listening on {config.listen_host}:{server.port}, upstream "
-              f"{upstream.host}:{upstream.port}/{upstream.dbname}", file=out, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.close()
 
-    try:
-        import uvloop
-
-        uvloop.run(serve())
-    except ImportError:
-        asyncio.run(serve())
-    return EXIT_OK
+def _workers(text: str) -> int:
+    """A worker count: 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of workers")
+    return value
 
 
 def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
@@ -301,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="SECONDS",
                        help="seal the audit trail this often (audit.checkpoint(); default 60, "
                        "0: only at shutdown)")
+    proxy.add_argument("--workers", type=_workers, default=1, metavar="N",
+                       help="proxy processes accepting on one port with SO_REUSEPORT, each "
+                       "with its own spool (<spool>/worker-K for K > 0), restarted when one "
+                       "dies (default 1: one process, no supervisor; docs/deployment.md)")
     proxy.set_defaults(func=cmd_proxy)
 
     approvals = sub.add_parser("approvals", help="list held statements waiting for a decision")

@@ -115,6 +115,9 @@ class ProxyConfig:
     max_sessions_per_agent: int = 20  # one token subject's sessions, all groups together
     max_password_bytes: int = 16 << 10  # the password message (the token) before login
     checkpoint_interval: float = 60.0  # seconds between audit.checkpoint() calls; 0: at close
+    # SO_REUSEPORT on the listening socket: several worker processes accept on one port
+    # (``policyc proxy --workers N``, docs/deployment.md); Linux spreads connections among them
+    reuse_port: bool = False
 
     def spool_path(self) -> Path:
         """``spool_dir``, else the default state directory of this upstream (docs/spool.md)."""

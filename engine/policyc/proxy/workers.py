@@ -1,0 +1,194 @@
+"""``policyc proxy --workers N``: N proxy processes accepting on one port, and a supervisor.
+
+One process is one event loop on one core.  With ``SO_REUSEPORT`` (Linux) every worker binds
+the same address and the kernel spreads new connections among them; a session lives in the
+worker that accepted it.  Each worker is a whole proxy with its own audit log and its own
+spool, claimed by the spool-owner rules (:mod:`policyc.proxy.audit.owner`): worker 0 uses the
+configured spool directory itself (so ``--workers 1`` and worker 0 share one spool, and what a
+single process left there is recovered by worker 0), worker ``k`` uses ``<spool>/worker-<k>``.
+A spool is never shared: a worker holds its ``spool.lock`` for as long as it runs.
+
+The supervisor starts the workers, restarts one that dies (the new process recovers the dead
+one's spool on start, as any proxy does after a crash: every record acknowledged before the
+death is delivered), and stops them all on SIGTERM or SIGINT.  A worker that dies again and
+again within seconds of its start (a configuration the database refuses, a spool owned by
+another database) stops the whole proxy instead of looping.  See docs/deployment.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import TextIO
+
+from policyc.proxy.config import ProxyConfig
+from policyc.proxy.server import ProxyServer
+
+log = logging.getLogger("policyc.proxy.workers")
+
+#: A worker that dies sooner than this after its start counts towards a crash loop.
+QUICK_DEATH_SECONDS = 10.0
+#: Quick deaths in a row of one worker that stop the whole proxy.
+CRASH_LOOP_DEATHS = 5
+#: How long workers get to close their sessions and flush their audit logs on stop.
+STOP_GRACE_SECONDS = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_spool(base: Path, index: int) -> Path:
+    """Worker ``index``'s spool: the configured directory for worker 0, a subdirectory else."""
+    return base if index == 0 else base / f"worker-{index}"
+
+
+def worker_config(config: ProxyConfig, index: int) -> ProxyConfig:
+    """Worker ``index``'s configuration: its own spool and name, the shared port."""
+    return replace(config, spool_dir=worker_spool(config.spool_path(), index),
+                   proxy_name=f"{config.proxy_name}-{index}", reuse_port=True)
+
+
+def serve(config: ProxyConfig, out: TextIO) -> None:
+    """Run one proxy until SIGINT or SIGTERM, then close it (sessions, spool, audit log)."""
+    async def run() -> None:
+        server = ProxyServer(config)
+        await server.start()
+        up = config.upstream
+        print(f"policyc proxy: listening on {config.listen_host}:{server.port}, upstream "
+              f"{up.host}:{up.port}/{up.dbname}", file=out, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.close()
+
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the supervisor dies (a killed supervisor must not
+    leave workers serving on the port with nobody to restart them)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _worker_main(config: ProxyConfig) -> None:
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve(config, sys.stdout)
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: BaseProcess
+    started: float
+    quick_deaths: int = 0
+
+
+class Supervisor:
+    """Starts ``count`` workers, restarts the ones that die, stops them all on a signal."""
+
+    def __init__(self, config: ProxyConfig, count: int, *,
+                 target: Callable[[ProxyConfig], None] = _worker_main) -> None:
+        self.config = config
+        self.count = count
+        self._target = target
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: dict[int, _Worker] = {}
+        self._stopping = False
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (exit 0) or a crash loop (exit 1)."""
+        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for index in range(self.count):
+                self._start(index, quick_deaths=0)
+            while not self._stopping:
+                sentinels = [w.process.sentinel for w in self._workers.values()]
+                multiprocessing.connection.wait(sentinels, timeout=0.5)
+                for worker in list(self._workers.values()):
+                    if self._stopping or worker.process.is_alive():
+                        continue
+                    if not self._restart(worker):
+                        self._stopping = True
+                        return 1
+            return 0
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def pids(self) -> dict[int, int | None]:
+        """Each worker's process id, by worker index."""
+        return {i: w.process.pid for i, w in self._workers.items()}
+
+    def _stop(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+
+    def _start(self, index: int, quick_deaths: int) -> None:
+        process = self._context.Process(target=self._target,
+                                        args=(worker_config(self.config, index),),
+                                        name=f"policyc-proxy-worker-{index}")
+        process.start()
+        self._workers[index] = _Worker(index, process, time.monotonic(), quick_deaths)
+        log.info("worker %d started (pid %s)", index, process.pid)
+
+    def _restart(self, worker: _Worker) -> bool:
+        """Start a dead worker again, after a pause that grows with quick deaths in a row;
+        False when it keeps dying (a crash loop: the proxy stops)."""
+        lived = time.monotonic() - worker.started
+        pid, code = worker.process.pid, worker.process.exitcode
+        worker.process.close()
+        quick = worker.quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
+        log.error("worker %d (pid %s) died (exit code %s) after %.1f s; restarting it (its "
+                  "spool is recovered on start)", worker.index, pid, code, lived)
+        if quick >= CRASH_LOOP_DEATHS:
+            log.error("worker %d died %d times in a row within %.0f s of its start: stopping",
+                      worker.index, quick, QUICK_DEATH_SECONDS)
+            del self._workers[worker.index]
+            return False
+        pause = min(30.0, 0.5 * 2 ** quick) if quick else 0.0
+        deadline = time.monotonic() + pause
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self._stopping:
+            del self._workers[worker.index]
+            return True
+        self._start(worker.index, quick)
+        return True
+
+    def _stop_all(self) -> None:
+        """SIGTERM every worker (each closes its sessions and flushes its audit log), then
+        SIGKILL whoever is still there after :data:`STOP_GRACE_SECONDS`."""
+        for worker in self._workers.values():
+            if worker.process.is_alive() and worker.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for worker in self._workers.values():
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                log.error("worker %d did not stop in %.0f s: killing it", worker.index,
+                          STOP_GRACE_SECONDS)
+                worker.process.kill()
+                worker.process.join(5)
+        self._workers.clear()
