@@ -61,7 +61,9 @@ def answers_early(decision: Decision | None) -> bool:
     if decision is None or decision.scope != "none":
         return False
     statements = decision.classification.statements
-    return bool(statements) and all(
+    if not statements or statements[0].kind != "transaction":
+        return False  # a read: the common case, decided without a scan
+    return all(
         info.kind == "transaction" and info.scope == "none"
         and info.text.lstrip()[:9].upper().startswith(_EARLY_ANSWER_WORDS)
         for info in statements)
@@ -195,8 +197,10 @@ class RecordGate:
                     await asyncio.wait([prior])  # never raises the record's own failure
                     await asyncio.sleep(0)  # its failure callback has set failure by now
                 gate = spooled[-1][1]
-                if not all(unit is not None and unit.answers_early
-                           for _record, _future, unit in spooled):
+                first = spooled[0][2]
+                if first is None or not first.answers_early or not all(
+                        unit is not None and unit.answers_early
+                        for _record, _future, unit in spooled):
                     for expect in expects:
                         expect.gate = gate
                 for record, future, unit in spooled:
