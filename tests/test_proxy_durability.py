@@ -563,3 +563,30 @@ def test_a_commit_runs_while_its_own_record_is_written_once_the_rest_is_durable(
     assert sqlstates(frames) == [] and frames[-1][0] == b"Z"
     rows = wait_for(lambda: (r := statements_of(applied_clinic)) and len(r) >= 3 and r)
     assert [r[1] for r in rows] == ["BEGIN", sql, "COMMIT"]
+
+
+# ---- answers that carry nothing from the database (issue #13) -----------------------------
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_begin_is_answered_before_its_record_and_a_later_read_still_waits_for_its_own(
+        applied_clinic: Database, proxy: RunningProxy, protocol: str) -> None:
+    """The answer to BEGIN (and SAVEPOINT, RELEASE) may leave while its record is written:
+    it carries nothing from the database.  The read after it does not: no byte of its answer
+    before its own record (and so BEGIN's, records being durable in order) is durable."""
+    app = f"durability-{uuid.uuid4().hex[:8]}"
+    with raw_client(proxy, "billing", app, clinic_id=1) as client, \
+            spool(proxy, inline=False) as release:
+        client.send(*([Query("BEGIN").encode()] if protocol == "simple"
+                      else extended("BEGIN")))
+        frames = client.until(b"Z", timeout=5)
+        assert [k for k, _ in frames][-2:] == [b"C", b"Z"], frames
+        assert frames[-1][1] == b"T"  # inside the block, while its record is still held
+        client.send(*([Query(READ).encode()] if protocol == "simple" else extended(READ)))
+        assert wait_for(lambda: activity(applied_clinic, app) == [
+            (READ, "idle in transaction")]), activity(applied_clinic, app)
+        assert client.read(0.3) == []  # not one byte of the read's answer yet
+        release.set()
+        frames = client.until(b"Z")
+    assert sqlstates(frames) == [] and [k for k, _ in frames].count(b"D") == 3
+    rows = wait_for(lambda: (r := statements_of(applied_clinic)) and len(r) >= 2 and r)
+    assert [r[1] for r in rows] == ["BEGIN", READ]
