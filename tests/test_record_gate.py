@@ -24,7 +24,7 @@ from policyc.proxy.session.state import Expect, SessionState
 
 POLICY = clinic_policy("clinic")
 GROUP = next(g for g in POLICY.groups if g.name == "billing")
-DECIDER = Judge(POLICY, 1 << 20)
+JUDGE = Judge(POLICY, 1 << 20)
 
 
 @pytest.mark.parametrize(("sql", "early"), [
@@ -45,7 +45,7 @@ DECIDER = Judge(POLICY, 1 << 20)
 ])
 def test_only_begin_savepoint_and_release_answer_before_their_record(sql: str,
                                                                      early: bool) -> None:
-    assert answers_early(DECIDER.decide(GROUP, sql)) is early
+    assert answers_early(JUDGE.judge(GROUP, sql)) is early
 
 
 class Spool:
@@ -74,7 +74,7 @@ class Spool:
 async def _batch(gate: RecordGate, recorder: Recorder, state: SessionState,
                  sql: str) -> Expect:
     """Queue ``sql`` as one simple-query batch and send it; its statement's expectation."""
-    decision = DECIDER.decide(GROUP, sql)
+    decision = JUDGE.judge(GROUP, sql)
     overlap = gate.overlaps(decision, None)
     gate.begin_batch()
     record = recorder.record(sql, decision, 0, "allowed")

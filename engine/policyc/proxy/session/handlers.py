@@ -25,6 +25,8 @@ from policyc.proxy.codec import (
     decode_frontend,
     error_response,
 )
+from policyc.proxy.judge.action import Hold
+from policyc.proxy.judge.action import Refuse as Refused
 from policyc.proxy.judge.cache import Judge, Judgement
 from policyc.proxy.names import NameBook, Refuse, Wait, name_refusal
 from policyc.proxy.session.desk import HoldDesk
@@ -35,9 +37,7 @@ from policyc.proxy.session.recorder import Recorder
 from policyc.proxy.session.refusals import (
     BLOCKED_SQLSTATE,
     ceiling_refusal,
-    holdable,
     poison,
-    refusal,
     verdict_for,
 )
 from policyc.proxy.session.state import Expect, Portal, Prepared, SessionClosed, SessionState
@@ -185,9 +185,8 @@ class Frontend:
         if clash is not None:  # the name stays what it was: no slot of ours
             self._refuse_parse(out, message, decision, 0, clash, clash[1], refused_name=False)
             return
-        stop = decision.blocked_index
-        if stop is not None and holdable(decision):
-            stop = None  # preparing is harmless: the hold happens at Execute, with parameters
+        # a Hold prepares: preparing is harmless, the hold happens at Execute, with parameters
+        action = decision.action
         ceiling = next((found for found in (
             ceiling_refusal(info, state.timeout_ceilings, state.group)
             for info in decision.classification.statements) if found is not None),
@@ -195,16 +194,9 @@ class Frontend:
         if ceiling is not None:
             self._refuse_parse(out, message, decision, 0, ceiling, ceiling[1])
             return
-        if decision.classification.error is not None or stop is not None:
-            index = 0 if stop is None else stop
-            if decision.classification.error is not None:
-                verdict = decision.verdicts[0]
-                refused = (verdict.sqlstate or BLOCKED_SQLSTATE,
-                           f"policyc: statement refused: {verdict.reason}")
-            else:
-                refused = refusal(decision, index)
-            self._refuse_parse(out, message, decision, index, refused,
-                               decision.verdicts[index].reason)
+        if isinstance(action, Refused):
+            self._refuse_parse(out, message, decision, action.index,
+                               (action.sqlstate, action.message), action.reason)
             return
         _slot, answered = state.statements.create(
             message.name, Prepared(message.sql, decision, param_types=message.param_types),
@@ -305,9 +297,9 @@ class Frontend:
                 return
         if decision is not None and decision.verdicts:
             verdict = verdict_for(decision, prepared.index)
-            if decision.blocked_index is not None and holdable(decision):
+            if isinstance(decision.action, Hold):
                 hold = await self.desk.hold(out, prepared.sql, portal.parameters or None,
-                                            decision, decision.blocked_index)
+                                            decision, decision.action.index)
                 if not isinstance(hold, int):
                     poison(gate, out, "execute", hold)
                     return

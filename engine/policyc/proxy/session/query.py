@@ -7,17 +7,15 @@ import time
 
 from policyc.proxy.audit.records import StatementOutcome
 from policyc.proxy.codec import Frame, Query, decode_frontend
+from policyc.proxy.judge.action import Hold, Refuse, Run
 from policyc.proxy.judge.cache import Judge
 from policyc.proxy.session.desk import EstimateCancelled, HoldDesk
 from policyc.proxy.session.gate import RecordGate
 from policyc.proxy.session.named import NAMED_KINDS, NO_NAMES, Names
 from policyc.proxy.session.recorder import Recorder
 from policyc.proxy.session.refusals import (
-    BLOCKED_SQLSTATE,
     POISON_QUERY,
-    holdable,
     poison_query,
-    refusal,
     sets,
     verdict_for,
 )
@@ -50,13 +48,12 @@ class SimpleQuery:
         sql = message.sql
         decision = self.judge.judge(group, sql)
         classification = decision.classification
+        action = decision.action
         if classification.error is not None:
-            verdict = decision.verdicts[0]
-            sqlstate = verdict.sqlstate or BLOCKED_SQLSTATE
-            text = f"policyc: statement refused: {verdict.reason}"
-            record = recorder.record(sql, decision, 0, "blocked", reason=verdict.reason)
-            gate.spool(record, StatementOutcome(record.record_id, None, 0.0, sqlstate))
-            poison_query(gate, out, (sqlstate, text), state.batch)
+            assert isinstance(action, Refuse)
+            record = recorder.record(sql, decision, 0, "blocked", reason=action.reason)
+            gate.spool(record, StatementOutcome(record.record_id, None, 0.0, action.sqlstate))
+            poison_query(gate, out, (action.sqlstate, action.message), state.batch)
             return
         statements = classification.statements
         if not statements:
@@ -64,13 +61,13 @@ class SimpleQuery:
             gate.expect(Expect("stmt"))  # EmptyQueryResponse
             gate.expect(Expect("sync", batch=state.batch))
             return
-        stop = decision.blocked_index
+        stop = None if isinstance(action, Run) else action.index
         approval_id: int | None = None
         held_refusal: tuple[str, str] | None = None
-        if stop is not None and holdable(decision):
+        if isinstance(action, Hold):
             # simple protocol: the exact text stands in for parameters, so an approval never
             # covers the same statement shape with other literals
-            hold = await self.desk.hold(out, sql, [sql], decision, stop)
+            hold = await self.desk.hold(out, sql, [sql], decision, action.index)
             if isinstance(hold, int):
                 approval_id, stop = hold, None
             else:
@@ -132,7 +129,10 @@ class SimpleQuery:
             # already recorded; nothing of it runs
             poison_query(gate, out, held_refusal, state.batch)
             return
-        sqlstate, text = name_refusal or refusal(decision, stop)
+        if name_refusal is None:
+            assert isinstance(action, Refuse)  # a Hold either ran or returned above
+            name_refusal = (action.sqlstate, action.message)
+        sqlstate, text = name_refusal
         texts = []
         for index, info in enumerate(statements):
             verdict = decision.verdicts[index]

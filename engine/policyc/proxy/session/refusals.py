@@ -32,30 +32,10 @@ _POISON_QUERY_BYTES: Final = Query(POISON_QUERY).encode()
 _POISON_PARSE_BYTES: Final = Parse(POISON_NAME, POISON_PARSE, ()).encode()
 
 
-def refusal(decision: Judgement, index: int) -> tuple[str, str]:
-    """(sqlstate, message) for the statement at ``index`` that must not run."""
-    verdict = decision.verdicts[index]
-    if verdict.outcome == "needs_approval":
-        shapes = ", ".join(sorted(verdict.approval_shapes)) or "policy"
-        return BLOCKED_SQLSTATE, (
-            f"policyc: this statement needs approval ({shapes}); approvals are not "
-            "available on this proxy yet, so it was not run"
-        )
-    return verdict.sqlstate or BLOCKED_SQLSTATE, (
-        f"policyc: statement blocked: {verdict.reason or 'not allowed by policy'}"
-    )
-
-
 def verdict_for(decision: Judgement, index: int) -> str:
     """The record's decision for a statement that runs as it is."""
     verdict = decision.verdicts[index].outcome
     return "masked" if verdict == "masked" else "allowed"
-
-
-def holdable(decision: Judgement) -> bool:
-    """True when nothing is blocked outright and something needs approval."""
-    verdicts = [v.outcome for v in decision.verdicts]
-    return "needs_approval" in verdicts and "blocked" not in verdicts
 
 
 def sets(info: StatementInfo) -> bool:
