@@ -12,6 +12,7 @@ After every proxy run we wait until its audit log has drained into ``audit.state
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,14 @@ class Endpoints:
     tokens: dict[str, str]  # group -> token
     admin_dsn: str
     defines: dict[str, int] = field(default_factory=dict)
+    proxy_pid: int | None = None  # the proxy's process: its event loop's CPU is measured
+
+
+def loop_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process's main thread, the proxy's event loop: the
+    spool thread and the drain's threads are not in it."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def audited_count(admin: psycopg.Connection[Any]) -> int:
@@ -103,6 +112,7 @@ def run_matrix(ep: Endpoints, workloads: Sequence[Workload], modes: Sequence[str
     """Every (workload, mode, clients, path) ``reps`` times; medians, ratios and audit counts."""
     samples: dict[tuple[str, str, int, str], list[Sample]] = {}
     audit: dict[str, int] = {"executed": 0, "audited": 0}
+    cpus: dict[tuple[str, str, int], list[float]] = {}
     with psycopg.connect(ep.admin_dsn, autocommit=True) as admin:
         for rep in range(reps):
             for wl in workloads:
@@ -110,6 +120,8 @@ def run_matrix(ep: Endpoints, workloads: Sequence[Workload], modes: Sequence[str
                     for n in clients:
                         for path in rotate(PATHS, rep + n):
                             before = audited_count(admin) if path == "proxy" else 0
+                            cpu = loop_cpu_seconds(ep.proxy_pid) \
+                                if path == "proxy" and ep.proxy_pid else None
                             sample = run_one(ep, wl, path, mode, n, duration)
                             samples.setdefault((wl.name, mode, n, path), []).append(sample)
                             note = ""
@@ -119,10 +131,20 @@ def run_matrix(ep: Endpoints, workloads: Sequence[Workload], modes: Sequence[str
                                 audit["executed"] += executed
                                 audit["audited"] += audited
                                 note = f", audited {audited}/{executed}"
+                                if cpu is not None and executed:
+                                    used = loop_cpu_seconds(ep.proxy_pid or 0) - cpu
+                                    cpus.setdefault((wl.name, mode, n), []).append(
+                                        used / executed * 1e6)
+                                    note += f", loop {used / executed * 1e6:.0f} us/statement"
                             log(f"  run {rep + 1} {wl.name} -M {mode:<8} -c {n:>2} {path:<9} "
                                 f"{sample.tps:9.1f} tps  p50 {sample.p50_ms:.3f} ms  "
                                 f"p99 {sample.p99_ms:.3f} ms{note}")
-    return {"configs": summarize(samples, workloads, modes, clients), "audit": audit}
+    configs = summarize(samples, workloads, modes, clients)
+    for cfg in configs:
+        per_run = sorted(cpus.get((cfg["workload"], cfg["mode"], cfg["clients"]), []))
+        if per_run:  # the median run: the event loop's CPU per statement, drain included
+            cfg["proxy_loop_cpu_us_per_statement"] = per_run[len(per_run) // 2]
+    return {"configs": configs, "audit": audit}
 
 
 def summarize(samples: dict[tuple[str, str, int, str], list[Sample]],

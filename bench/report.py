@@ -1,4 +1,5 @@
-"""The machine description, the targets of issue #6, and RESULTS.md / results.json.
+"""The machine description, the targets (data path: issue #13; the rest: issue #6), and
+RESULTS.md / results.json.
 
 The JSON is the record (every run of every measurement); the Markdown is for people: medians,
 ratios, each target met or missed and by how much, and the profile summary.
@@ -88,6 +89,8 @@ class Target:
             return ""
         if self.unit == "ms":
             return f"{self.value - self.bound:+.3f} ms over"
+        if self.unit == "µs":
+            return f"{self.value - self.bound:+.0f} µs over"
         if self.unit == "s":
             return f"{self.value - self.bound:.2f} s ({self.value / self.bound - 1:.0%}) over"
         if self.at_least:
@@ -117,8 +120,8 @@ def _ok(results: dict[str, Any], key: str) -> bool:
 
 
 def targets(results: dict[str, Any]) -> list[Target]:
-    """Issue #6's targets, evaluated on this run's medians (data path at 1 client); targets
-    of a failed section are left out (the failure is reported instead)."""
+    """The targets, evaluated on this run's medians (data path: issue #13; the rest: issue
+    #6); targets of a failed section are left out (the failure is reported instead)."""
     out: list[Target] = []
     if _ok(results, "datapath"):
         out += _datapath_targets(results["datapath"])
@@ -139,17 +142,32 @@ def targets(results: dict[str, Any]) -> list[Target]:
 
 
 def _datapath_targets(datapath: dict[str, Any]) -> list[Target]:
+    """Issue #13's data-path targets (select_pk on research's masked view; mixed_rw)."""
+    goals = {("select_pk", "prepared", 1): 0.50, ("select_pk", "simple", 1): 0.55,
+             ("select_pk", "prepared", 16): 0.35, ("select_pk", "simple", 16): 0.40,
+             ("mixed_rw", "prepared", 1): 0.70, ("mixed_rw", "simple", 1): 0.70}
     out: list[Target] = []
     for cfg in datapath["configs"]:
+        key = (cfg["workload"], cfg["mode"], cfg["clients"])
+        tag = f"{cfg['workload']} -M {cfg['mode']}, {cfg['clients']} client" + \
+            ("s" if cfg["clients"] > 1 else "")
+        r = cfg["ratios"]
+        if key in goals:
+            out.append(Target(f"{tag}: proxy/direct tps", r["tps_proxy_over_direct"],
+                              goals[key], True))
         if cfg["clients"] != 1:
             continue
-        tag = f"{cfg['workload']} -M {cfg['mode']}, 1 client"
-        r = cfg["ratios"]
-        out.append(Target(f"{tag}: proxy/direct tps", r["tps_proxy_over_direct"], 0.60, True))
-        out.append(Target(f"{tag}: proxy/PgBouncer tps", r["tps_proxy_over_pgbouncer"], 0.80,
-                          True))
-        out.append(Target(f"{tag}: added p50 latency vs direct", r["added_p50_ms_vs_direct"],
-                          0.10, False, "ms"))
+        if cfg["workload"] == "select_pk":
+            out.append(Target(f"{tag}: added p50 latency vs direct",
+                              r["added_p50_ms_vs_direct"], 0.15, False, "ms"))
+            cpu = cfg.get("proxy_loop_cpu_us_per_statement")
+            if cpu is not None:
+                out.append(Target(f"{tag}: proxy event-loop CPU per statement (µs)", cpu, 80.0,
+                                  False, "µs"))
+        if cfg["workload"] == "mixed_rw":
+            paths = cfg["paths"]
+            out.append(Target(f"{tag}: p99 proxy / p99 direct",
+                              paths["proxy"]["p99_ms"] / paths["direct"]["p99_ms"], 2.0, False))
     audit = datapath["audit"]
     if audit["executed"]:
         out.append(Target("proxy: statements audited / executed",
@@ -171,6 +189,8 @@ def _fmt_target(t: Target) -> list[str]:
         value, bound = f"{t.value:.3f} ms", f"≤ {t.bound:.2f} ms"
     elif t.unit == "s":
         value, bound = f"{t.value:.2f} s", f"< {t.bound:.0f} s"
+    elif t.unit == "µs":
+        value, bound = f"{t.value:.0f} µs", f"≤ {t.bound:.0f} µs"
     else:
         value, bound = f"{t.value:.2f}", ("≥ " if t.at_least else "≤ ") + f"{t.bound:.2f}"
     return [t.name, value, bound, "met" if t.met else "**missed**", t.miss()]
@@ -242,7 +262,7 @@ def markdown(results: dict[str, Any]) -> str:
     tlist = [Target(**{k: t[k] for k in ("name", "value", "unit")}, bound=t["target"],
                     at_least=t["at_least"]) for t in results["targets"]]
     met = sum(1 for t in tlist if t.met)
-    out += [f"## Targets (issue #6): {met} of {len(tlist)} met", ""]
+    out += [f"## Targets (data path: issue #13; database: issue #6): {met} of {len(tlist)} met", ""]
     out += _table(["target", "measured", "goal", "", "missed by"], (_fmt_target(t) for t in tlist))
 
     out += ["What is left, by target: for the proxy, the floor below (one durable flush per "
@@ -256,6 +276,7 @@ def markdown(results: dict[str, Any]) -> str:
         out += ["## Failed sections", ""] + [f"- {e}" for e in errors] + [""]
     for title, key, render in (
             ("Data path: direct vs PgBouncer vs proxy", "datapath", _datapath_lines),
+            ("Data path: the proxy with 1 and 2 workers", "scaling", _scaling_lines),
             ("Audit trigger: bulk writes into a PHI table", "audit_trigger", _trigger_lines),
             ("Masking views: SELECT of every visible row", "masking", _masking_lines),
             ("Compile/apply", "apply", _apply_lines)):
@@ -319,6 +340,18 @@ def _datapath_lines(results: dict[str, Any]) -> list[str]:
             f"{audit['executed']} executed through the proxy (pgbench-completed transactions "
             "x statements each; statements of transactions cut off by the timer are audited "
             "too).", ""]
+
+
+def _scaling_lines(results: dict[str, Any]) -> list[str]:
+    data = results["scaling"]
+    out = [f"**{data['workload']}** -M {data['mode']}, {data['clients']} clients, "
+           f"`policyc proxy --workers N` (one process per worker, one port). On this 2-core "
+           "machine PostgreSQL, pgbench and the proxy share the cores.", ""]
+    out += _table(["workers", "tps", "p50 ms", "p99 ms", "tps vs 1 worker", "audited"], (
+        [str(r["workers"]), f"{r['tps']:.0f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
+         f"{data['tps_over_first'][str(r['workers'])]:.2f}", f"{r['audited']}/{r['executed']}"]
+        for r in data["runs"]))
+    return [*out, ""]
 
 
 def _trigger_lines(results: dict[str, Any]) -> list[str]:

@@ -41,6 +41,7 @@ import dbcost  # noqa: E402
 import floor  # noqa: E402
 import hotpath  # noqa: E402
 import report  # noqa: E402
+import scaling  # noqa: E402
 import services  # noqa: E402
 from common import (  # noqa: E402
     CLUSTER_SETTINGS,
@@ -83,14 +84,14 @@ SMOKE = replace(QUICK, label="smoke", duration=1, reps=1, clients=(1,), patients
 
 
 @contextlib.contextmanager
-def data_path(cluster: Cluster, workdir: Path) -> Iterator[tuple[int, int]]:
-    """PgBouncer and the proxy in front of ``clinic``; yields their ports."""
+def data_path(cluster: Cluster, workdir: Path) -> Iterator[tuple[int, int, int]]:
+    """PgBouncer and the proxy in front of ``clinic``; yields their ports and the proxy's pid."""
     with services.pgbouncer(workdir / "pgbouncer", cluster.port, "clinic",
                             ["research", "clinician"],
                             "SELECT bench_identity.register_self()") as bouncer, \
             services.proxy(POLICY, cluster.dsn("clinic", user="policyc_proxy"),
-                           workdir / "proxy") as (proxy, _pid):
-        yield bouncer, proxy
+                           workdir / "proxy") as (proxy, pid):
+        yield bouncer, proxy, pid
 
 
 def section(into: dict[str, Any], key: str, title: str, measure: Callable[[], Any]) -> None:
@@ -127,11 +128,12 @@ def run(settings: Settings, outdir: Path) -> dict[str, Any]:
         agent_tokens = tokens()
 
         def measure_datapath() -> dict[str, Any]:
-            with data_path(cluster, work) as (bouncer_port, proxy_port):
+            with data_path(cluster, work) as (bouncer_port, proxy_port, proxy_pid):
                 endpoints = datapath.Endpoints(
                     direct_port=cluster.port, pgbouncer_port=bouncer_port,
                     proxy_port=proxy_port, dbname="clinic", agent=common.AGENT, tokens=agent_tokens,
-                    admin_dsn=cluster.dsn("clinic"), defines=defines)
+                    admin_dsn=cluster.dsn("clinic"), defines=defines,
+                    proxy_pid=proxy_pid)
                 matrix = datapath.run_matrix(endpoints, datapath.WORKLOADS, settings.modes,
                                              settings.clients, settings.duration,
                                              settings.reps, log)
@@ -143,6 +145,13 @@ def run(settings: Settings, outdir: Path) -> dict[str, Any]:
                 lambda: floor.spool_flush(work / "floor"))
         section(results, "datapath", "data path: direct vs PgBouncer vs proxy",
                 measure_datapath)
+        select_pk = datapath.WORKLOADS[0]
+        section(results, "scaling", "data path: the proxy with 1 and 2 workers",
+                lambda: scaling.scale_with_workers(
+                    POLICY, cluster.dsn("clinic", user="policyc_proxy"), cluster.dsn("clinic"),
+                    work / "scaling", workload=select_pk, token=agent_tokens[select_pk.group],
+                    agent=common.AGENT, dbname="clinic", defines=defines, mode="prepared",
+                    clients=max(settings.clients), duration=settings.duration, log=log))
         results["profile"] = {}
         section(results["profile"], "proxy", "profile: the proxy under cProfile",
                 lambda: hotpath.profile_proxy(
