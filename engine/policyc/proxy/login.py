@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from policyc.errors import PolicycError
+from policyc.errors import PolicycError, QueryCanceled
 from policyc.identity import (
     AgentIdentity,
     AuthenticationFailed,
@@ -65,7 +65,7 @@ from policyc.proxy.upstream import UpstreamError, UpstreamSession, connect
 
 log = logging.getLogger("policyc.proxy")
 TOO_MANY_CONNECTIONS = "53300"
-LOGIN_TIMEOUT_SQLSTATE = "57014"  # PostgreSQL's own "canceling authentication due to timeout"
+LOGIN_TIMEOUT_SQLSTATE = QueryCanceled.sqlstate  # PostgreSQL's own "canceling authentication due to timeout"
 EARLY_RECORD_INTERVAL = 1.0  # seconds: refusals before a startup packet are recorded this often
 IGNORED_STARTUP = {"user", "database", "options", "application_name", "client_encoding"}
 

@@ -5,14 +5,14 @@ Nothing here logs statement text, parameters or claims: only SQLSTATEs or except
 
 from __future__ import annotations
 
-from policyc.errors import PolicycError
+from policyc.errors import AuditStorageFailure, PolicycError
 
 
 class AuditUnavailable(PolicycError):
     """The audit record could not be made durable, so the statement (or session) was refused."""
 
     code = "audit"
-    sqlstate = "58030"
+    sqlstate = AuditStorageFailure.sqlstate
 
     def __init__(self, why: str, consequence: str = "the statement did not run") -> None:
         self.why = why

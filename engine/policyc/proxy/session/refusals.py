@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from policyc.errors import InsufficientPrivilege
 from policyc.policy.model import Group
 from policyc.proxy.codec import Parse, Query
 from policyc.proxy.judge.cache import Judgement
@@ -21,7 +22,7 @@ from policyc.proxy.session.state import Expect
 if TYPE_CHECKING:
     from policyc.proxy.session.gate import RecordGate
 
-BLOCKED_SQLSTATE: Final = "42501"
+BLOCKED_SQLSTATE: Final = InsufficientPrivilege.sqlstate
 POISON_QUERY: Final = "SELECT 1/0"
 #: A refusal in the extended protocol is a Parse of this text: the server's raw parser fails
 #: on it before it looks at any name, so no statement, portal or object an agent created can
