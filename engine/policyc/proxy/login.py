@@ -65,7 +65,8 @@ from policyc.proxy.upstream import UpstreamError, UpstreamSession, connect
 
 log = logging.getLogger("policyc.proxy")
 TOO_MANY_CONNECTIONS = "53300"
-LOGIN_TIMEOUT_SQLSTATE = QueryCanceled.sqlstate  # PostgreSQL's own "canceling authentication due to timeout"
+#: PostgreSQL's own SQLSTATE for "canceling authentication due to timeout"
+LOGIN_TIMEOUT_SQLSTATE = QueryCanceled.sqlstate
 EARLY_RECORD_INTERVAL = 1.0  # seconds: refusals before a startup packet are recorded this often
 IGNORED_STARTUP = {"user", "database", "options", "application_name", "client_encoding"}
 
