@@ -6,6 +6,7 @@ writes a storable line."""
 from __future__ import annotations
 
 import json
+import math
 import uuid
 
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +19,8 @@ from policyc.proxy.audit.events import (
     encode_event,
     end_event,
     end_line,
+    event_dict,
+    statement_row,
 )
 from policyc.proxy.audit.records import StatementOutcome, StatementRecord
 
@@ -95,6 +98,25 @@ def test_end_line_is_the_generic_encoding(outcome: StatementOutcome) -> None:
     fast = end_line(outcome)
     if fast is not None:
         assert fast == generic
+
+
+def _row_of_events(begin: dict[str, object], end: dict[str, object] | None,
+                   note: str | None) -> dict[str, object]:
+    """The row the generic path builds: from the events as dicts."""
+    return statement_row(begin, end, note)
+
+
+@PROPERTY
+@given(records, st.none() | outcomes, maybe_text)
+def test_a_records_row_is_the_row_of_its_events(rec: StatementRecord,
+                                                outcome: StatementOutcome | None,
+                                                note: str | None) -> None:
+    if type(rec.at) is not float or not math.isfinite(rec.at) or not rec.at:
+        return  # a missing or odd time is stamped with the time now: not comparable
+    row = statement_row(rec, outcome, note)
+    generic = _row_of_events(event_dict(rec), None if outcome is None else event_dict(outcome),
+                             note)
+    assert row == generic
 
 
 def test_the_hot_path_takes_ordinary_records() -> None:

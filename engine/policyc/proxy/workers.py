@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TextIO
+from typing import Final, TextIO
 
 from policyc.proxy.config import ProxyConfig
 from policyc.proxy.server import ProxyServer
@@ -58,11 +59,33 @@ def worker_config(config: ProxyConfig, index: int) -> ProxyConfig:
                    proxy_name=f"{config.proxy_name}-{index}", reuse_port=True)
 
 
+#: Allocations (net of frees) between two young-generation collections; CPython's default is
+#: 700, which collects several times a second at a few thousand statements/s
+GC_YOUNG_THRESHOLD: Final = 20_000
+
+
+def settle_heap() -> None:
+    """Keep the cyclic garbage collector off the statement path once the proxy is up.
+
+    Objects that live as long as the proxy (the policy, the parser, the modules, caches
+    warmed at start) are moved out of the collector's view (``gc.freeze``), and young
+    collections run every :data:`GC_YOUNG_THRESHOLD` allocations instead of 700: profiled
+    under load, the collector took ~5 % of the event loop's CPU, most of it re-walking
+    long-lived objects.  Session objects are freed by reference counting; the collector
+    still reclaims cycles, only less often.
+    """
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def serve(config: ProxyConfig, out: TextIO) -> None:
     """Run one proxy until SIGINT or SIGTERM, then close it (sessions, spool, audit log)."""
     async def run() -> None:
         server = ProxyServer(config)
         await server.start()
+        settle_heap()
         up = config.upstream
         print(f"policyc proxy: listening on {config.listen_host}:{server.port}, upstream "
               f"{up.host}:{up.port}/{up.dbname}", file=out, flush=True)

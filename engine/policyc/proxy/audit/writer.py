@@ -86,8 +86,12 @@ class Writer:
         self._unabsorbed: list[tuple[list[Write], int]] = []  # written, not yet in the books
         self._fsync_seconds = 0.0  # moving average of one append (write + fdatasync)
         self._write_failing = False
+        # the audit log's loop, kept: ``asyncio.get_running_loop()`` costs a getpid() system
+        # call (fork detection), twice per statement on the hot path
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self.thread.start(loop, self.written, self.failed)
 
     def stop_timer(self) -> None:
@@ -123,7 +127,8 @@ class Writer:
                                    "has not drained it")
         self.unwritten += 1
         self.queued_bytes += len(data)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # running (checked above) means started
         if not wait:
             self.thread.put(Write(data, kept, sizes, None), now=False)
             if self._lazy_since is None:

@@ -15,16 +15,14 @@ from typing import Any, Final
 
 from policyc.proxy.audit.records import StatementOutcome
 from policyc.proxy.codec import (
-    Bind,
     Close,
-    Describe,
-    Execute,
     Frame,
     Parse,
     ProtocolViolation,
     decode_frontend,
     error_response,
 )
+from policyc.proxy.codec.hot import decode_bind, decode_describe, decode_execute
 from policyc.proxy.judge.action import Hold
 from policyc.proxy.judge.action import Refuse as Refused
 from policyc.proxy.judge.cache import Judge, Judgement
@@ -128,8 +126,7 @@ class Frontend:
                     await self._on_execute(frame, out)
                 elif kind == b"D":
                     out.append(frame.raw)
-                    message = decode_frontend(frame)
-                    assert isinstance(message, Describe)
+                    message = decode_describe(frame)
                     target = state.statements.peek(message.name) if message.kind == "S" \
                         else None
                     portal = state.portals.peek(message.name) if message.kind == "P" else None
@@ -221,8 +218,7 @@ class Frontend:
 
     async def _on_bind(self, frame: Frame, out: list[bytes]) -> None:
         state = self.state
-        message = decode_frontend(frame)
-        assert isinstance(message, Bind)
+        message = decode_bind(frame)
         found = state.statements.lookup(message.statement, state.batch)
         if isinstance(found, Wait):
             found = await self.names.find(state.statements, message.statement, out)
@@ -258,8 +254,7 @@ class Frontend:
         state = self.state
         gate = self.gate
         recorder = self.recorder
-        message = decode_frontend(frame)
-        assert isinstance(message, Execute)
+        message = decode_execute(frame)
         found = state.portals.lookup(message.portal, state.batch)
         if isinstance(found, Wait):
             found = await self.names.find(state.portals, message.portal, out)

@@ -25,7 +25,6 @@ from typing import Protocol
 from policyc.policy.model import ResultRecording
 from policyc.proxy.audit.records import StatementOutcome
 from policyc.proxy.codec import (
-    CommandComplete,
     ErrorResponse,
     Frame,
     ParameterDescription,
@@ -35,6 +34,7 @@ from policyc.proxy.codec import (
     error_response,
 )
 from policyc.proxy.codec.backend import command_rows
+from policyc.proxy.codec.hot import decode_command_complete
 from policyc.proxy.judge.settings import PINNED
 from policyc.proxy.results import not_kept_reason, with_formats
 from policyc.proxy.session.refusals import BLOCKED_SQLSTATE
@@ -113,8 +113,7 @@ class Router:
                 expect = self._pop(_ROWS_DONE)
                 if expect.on_done is not None:
                     expect.on_done(True)
-                message = decode_backend(frame)
-                assert isinstance(message, CommandComplete)
+                message = decode_command_complete(frame)
                 counted = command_rows(message.tag)
                 unit = expect.unit
                 if unit is not None and counted is not None and not message.tag.startswith(
