@@ -28,11 +28,12 @@ from policyc.proxy.judge.classify import classify
 from policyc.proxy.judge.effects import combined_scope
 from policyc.proxy.judge.fingerprint import fingerprint, text_fingerprint
 from policyc.proxy.judge.registry import Registry
-from policyc.proxy.judge.statement import MAX_LENGTH, Classification, Scope
+from policyc.proxy.judge.statement import MAX_LENGTH, Classification, Scope, StatementInfo
 from policyc.proxy.judge.verdict import Verdict, judge_all
 
 #: Longest text kept in a cache (exact text or shape).
 MAX_CACHED_TEXT: Final = 16_384
+_INFO_FIELDS: Final = tuple(field.name for field in dataclasses.fields(StatementInfo))
 #: How long a planner estimate stands for its statement shape, and how far under the row
 #: limit it must be to stand at all.
 ESTIMATE_SECONDS: Final = 60.0
@@ -75,6 +76,21 @@ def single_statement_text(sql: str) -> str | None:
     if not body or ";" in body or "--" in body or "/*" in body:
         return None
     return body
+
+
+def _retexted(found: Judgement, text: str) -> Judgement:
+    """``found`` (one statement) with the statement's text ``text``: what two
+    ``dataclasses.replace`` calls give, without their introspection (it cost a few
+    microseconds on every simple-protocol read served from the shape cache)."""
+    info = found.classification.statements[0]
+    own = object.__new__(StatementInfo)
+    for name in _INFO_FIELDS:
+        object.__setattr__(own, name, getattr(info, name))
+    object.__setattr__(own, "text", text)
+    judgement = object.__new__(Judgement)
+    judgement.__dict__.update(found.__dict__)
+    object.__setattr__(judgement, "classification", Classification(statements=(own,)))
+    return judgement
 
 
 class Judge:
@@ -158,11 +174,9 @@ class Judge:
             return None
         self._shapes.move_to_end(key)
         self.shape_hits += 1
-        info = found.classification.statements[0]
-        if info.text == text:
+        if found.classification.statements[0].text == text:
             return found
-        own = Classification(statements=(dataclasses.replace(info, text=text),))
-        return dataclasses.replace(found, classification=own)
+        return _retexted(found, text)
 
     def _remember(self, cache: OrderedDict[tuple[str, str], Judgement], key: tuple[str, str],
                   judgement: Judgement) -> None:
