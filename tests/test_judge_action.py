@@ -7,10 +7,13 @@ the list.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import policyc
 from conftest import clinic_policy
 from policyc.errors import (
     InsufficientPrivilege,
@@ -156,3 +159,39 @@ def test_errors_are_registered_by_sqlstate_once() -> None:
         type("Again", (SqlStateError,), {}, sqlstate="42501")
     with pytest.raises(ValueError, match="is not a SQLSTATE"):
         type("Bad", (SqlStateError,), {}, sqlstate="4250")
+
+
+#: Quoted five-character strings in policyc's modules that are not SQLSTATEs, each with why.
+#: Words without a digit (MERGE, FETCH, FATAL...) are never SQLSTATEs: every code PostgreSQL
+#: defines has a digit, so the test skips them without listing them.
+NOT_SQLSTATES = {
+    **dict.fromkeys(("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                     "ES256", "ES384", "ES512"), "a JWS algorithm (alg) of a token or key"),
+    "128MB": "the development cluster's shared_buffers",
+    "00000": "successful_completion, a NoticeResponse's default: not an error, so "
+             "policyc.errors (like psycopg's errors) has no class for it",
+}
+_QUOTED_CODE = re.compile(r"""(["'])([0-9A-Z]{5})\1""")
+
+
+def test_no_raw_sqlstate_literals_in_the_engine() -> None:
+    """SQLSTATEs come from policyc.errors (``InvalidCursorName.sqlstate``), never a string
+    literal: every Python module of the package but errors.py itself is searched (the SQL
+    templates live outside it, in sql/)."""
+    package = Path(policyc.__file__).parent
+    raw: list[str] = []
+    allowed_seen: set[str] = set()
+    for path in sorted(package.rglob("*.py")):
+        if path == package / "errors.py":
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for match in _QUOTED_CODE.finditer(line):
+                code = match.group(2)
+                if not any(char.isdigit() for char in code):
+                    continue
+                if code in NOT_SQLSTATES:
+                    allowed_seen.add(code)
+                else:
+                    raw.append(f"{path.relative_to(package)}:{number}: {code}")
+    assert raw == [], "use the SQLSTATE's class in policyc.errors (X.sqlstate): " + ", ".join(raw)
+    assert allowed_seen == set(NOT_SQLSTATES), "NOT_SQLSTATES lists strings no longer used"

@@ -103,24 +103,74 @@ def lookup(sqlstate: str) -> type[SqlStateError]:
     return _BY_SQLSTATE[sqlstate]
 
 
+class SqlserverRejectedEstablishmentOfSqlconnection(SqlStateError, sqlstate="08004"):
+    """The database refused to open an agent's session (other than for too many connections)."""
+
+
+class ConnectionFailure(SqlStateError, sqlstate="08006"):
+    """The database cannot be reached, or it dropped the connection while the proxy logged in."""
+
+
 class ProtocolViolation(SqlStateError, sqlstate="08P01"):
-    """The client broke the wire protocol's rules."""
+    """The client (or the server) broke the wire protocol's rules."""
+
+
+class FeatureNotSupported(SqlStateError, sqlstate="0A000"):
+    """The client asks for a frontend protocol version the proxy does not speak."""
+
+
+class CharacterNotInRepertoire(SqlStateError, sqlstate="22021"):
+    """A string in a client's message is not valid UTF-8."""
+
+
+class InvalidParameterValue(SqlStateError, sqlstate="22023"):
+    """A startup packet's client_encoding or ``options`` string cannot be accepted."""
+
+
+class InvalidSqlStatementName(SqlStateError, sqlstate="26000"):
+    """A client names a prepared statement the proxy does not know to exist."""
 
 
 class InvalidAuthorization(SqlStateError, sqlstate="28000"):
-    """The client's authorization is not (or no longer) valid: an expired token, say."""
+    """The client's authorization is not (or no longer) valid: an expired token, a login
+    without TLS, say; also a SCRAM exchange with the database that does not verify."""
 
 
 class InvalidPassword(SqlStateError, sqlstate="28P01"):
-    """The credentials were refused."""
+    """The credentials were refused: an agent's token, or the service role's password."""
+
+
+class InvalidCursorName(SqlStateError, sqlstate="34000"):
+    """A client names a portal the proxy does not know to be open."""
+
+
+class InvalidCatalogName(SqlStateError, sqlstate="3D000"):
+    """The startup packet names a database this proxy does not serve."""
 
 
 class InsufficientPrivilege(SqlStateError, sqlstate="42501"):
-    """The policy does not let this agent run this statement (every policy block)."""
+    """The policy does not let this agent run this statement (every policy block), or set
+    what it asks for at login (a pinned setting, replication)."""
 
 
 class SqlSyntaxError(SqlStateError, sqlstate="42601"):
     """The statement cannot be parsed (the judge refuses what it cannot read)."""
+
+
+class NameTooLong(SqlStateError, sqlstate="42622"):
+    """A statement or portal name is longer than the server keeps whole (63 bytes)."""
+
+
+class DuplicateCursor(SqlStateError, sqlstate="42P03"):
+    """A client opens a portal under a name that is still open."""
+
+
+class DuplicatePreparedStatement(SqlStateError, sqlstate="42P05"):
+    """A client prepares a statement under a name that still exists."""
+
+
+class TooManyConnections(SqlStateError, sqlstate="53300"):
+    """A connection cap of the proxy, or the database's own limit, refuses a session."""
 
 
 class ProgramLimitExceeded(SqlStateError, sqlstate="54000"):
@@ -132,16 +182,26 @@ class StatementTooComplex(SqlStateError, sqlstate="54001"):
 
 
 class QueryCanceled(SqlStateError, sqlstate="57014"):
-    """The client's cancel (or its statement_timeout) stopped the statement."""
+    """The client's cancel (or its statement_timeout) stopped the statement or ended its
+    hold; also a login that timed out."""
 
 
 class AdminShutdown(SqlStateError, sqlstate="57P01"):
-    """The proxy is shutting down and ends the session."""
+    """The proxy is shutting down, or the database ended the session, so the session ends."""
+
+
+class SystemError_(SqlStateError, sqlstate="58000"):  # "_": Python has a SystemError
+    """Development keys cannot be written, read or used (``policyc devkeys``)."""
 
 
 class AuditStorageFailure(SqlStateError, sqlstate="58030"):
     """An audit record could not be made durable, so the statement does not run (fail
-    closed); the SQLSTATE of ``AuditUnavailable`` and of spool ownership failures."""
+    closed); the SQLSTATE of ``AuditUnavailable``, of spool ownership failures and of a
+    group's timeout ceilings that cannot be read."""
+
+
+class ConfigFileError(SqlStateError, sqlstate="F0000"):
+    """Configuration is unusable: proxy settings, identity section, key set, webhook secret."""
 
 
 class InternalError(SqlStateError, sqlstate="XX000"):

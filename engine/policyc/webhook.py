@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from policyc import __version__
-from policyc.errors import PolicycError
+from policyc.errors import ConfigFileError, PolicycError
 from policyc.policy.durations import format_duration
 from policyc.policy.model import Webhook, WebhookFormat
 
@@ -42,7 +42,7 @@ class WebhookConfigError(PolicycError):
     """The webhook's secret cannot be read (missing variable, unreadable file)."""
 
     code = "webhook"
-    sqlstate = "F0000"
+    sqlstate = ConfigFileError.sqlstate
 
 
 def read_secret(webhook: Webhook) -> str | None:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from policyc.errors import PolicycError
+from policyc.errors import PolicycError, SystemError_
 
 SIGNING_KEY = "dev-signing-key.pem"
 JWKS_FILE = "jwks.json"
@@ -40,7 +40,7 @@ class DevKeyError(PolicycError):
     """Development keys cannot be written, read or used as asked."""
 
     code = "devkeys"
-    sqlstate = "58000"
+    sqlstate = SystemError_.sqlstate
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from policyc.errors import PolicycError
+from policyc.errors import InvalidParameterValue, PolicycError
 from policyc.identity.verify import AuthenticationFailed
 from policyc.policy.model import Group, Policy
 
@@ -20,7 +20,7 @@ class StartupOptionsError(PolicycError):
     """The startup packet's ``options`` string cannot be parsed as Postgres would."""
 
     code = "options"
-    sqlstate = "22023"
+    sqlstate = InvalidParameterValue.sqlstate
 
 
 def resolve_group(policy: Policy, oidc_groups: Sequence[str], requested: str | None) -> Group:

@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import jwt
 
-from policyc.errors import PolicycError
+from policyc.errors import ConfigFileError, InvalidPassword, PolicycError
 
 log = logging.getLogger("policyc.identity")
 
@@ -59,7 +59,7 @@ class KeySetError(PolicycError):
     """A key set (or where it lives) is unusable: bad JSON, duplicate kids, http URL..."""
 
     code = "jwks"
-    sqlstate = "F0000"
+    sqlstate = ConfigFileError.sqlstate
 
 
 class KeysUnavailable(KeySetError):
@@ -70,7 +70,7 @@ class UnknownKey(PolicycError):
     """The key set has no key for the token's ``kid`` (or, without a kid, no single key)."""
 
     code = "auth"
-    sqlstate = "28P01"
+    sqlstate = InvalidPassword.sqlstate
     reason = "unknown_kid"
 
 

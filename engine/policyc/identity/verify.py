@@ -22,7 +22,7 @@ from typing import Any
 
 import jwt
 
-from policyc.errors import PolicycError
+from policyc.errors import ConfigFileError, InvalidPassword, PolicycError
 from policyc.identity.jwks import (
     SUPPORTED_ALGORITHMS,
     KeySetError,
@@ -67,7 +67,7 @@ class AuthenticationFailed(PolicycError):
     """The agent is not let in.  ``reason`` is for the audit log; the message says nothing."""
 
     code = "auth"
-    sqlstate = "28P01"
+    sqlstate = InvalidPassword.sqlstate
 
     def __init__(self, reason: str) -> None:
         if reason not in REASONS:
@@ -80,7 +80,7 @@ class IdentityConfigError(PolicycError):
     """The policy's ``identity`` section cannot be used to verify tokens safely."""
 
     code = "identity"
-    sqlstate = "F0000"
+    sqlstate = ConfigFileError.sqlstate
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from policyc.errors import PolicycError
+from policyc.errors import AuditStorageFailure, PolicycError
 from policyc.resources import sql_dir
 
 TIMEOUTS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
@@ -36,7 +36,7 @@ class CeilingsUnavailable(PolicycError):
     """The ceilings could not be read or a stored value not understood (fail closed)."""
 
     code = "ceilings"
-    sqlstate = "58030"
+    sqlstate = AuditStorageFailure.sqlstate
 
 
 def timeout_ms(value: str) -> int:

@@ -17,14 +17,14 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from policyc.errors import PolicycError
+from policyc.errors import ConfigFileError, PolicycError
 from policyc.policy.model import Policy
 from policyc.proxy.audit.owner import default_spool_dir
 
 
 class ProxyConfigError(PolicycError):
     code = "proxy-config"
-    sqlstate = "F0000"
+    sqlstate = ConfigFileError.sqlstate
 
 
 @dataclass(frozen=True)

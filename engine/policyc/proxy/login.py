@@ -19,7 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from policyc.errors import PolicycError, QueryCanceled
+from policyc.errors import (
+    AuditStorageFailure,
+    InsufficientPrivilege,
+    InvalidAuthorization,
+    InvalidCatalogName,
+    InvalidParameterValue,
+    InvalidPassword,
+    PolicycError,
+    QueryCanceled,
+    SqlserverRejectedEstablishmentOfSqlconnection,
+    TooManyConnections,
+)
 from policyc.identity import (
     AgentIdentity,
     AuthenticationFailed,
@@ -64,7 +75,7 @@ from policyc.proxy.loginreads import LoginReads
 from policyc.proxy.upstream import UpstreamError, UpstreamSession, connect
 
 log = logging.getLogger("policyc.proxy")
-TOO_MANY_CONNECTIONS = "53300"
+TOO_MANY_CONNECTIONS = TooManyConnections.sqlstate
 #: PostgreSQL's own SQLSTATE for "canceling authentication due to timeout"
 LOGIN_TIMEOUT_SQLSTATE = QueryCanceled.sqlstate
 EARLY_RECORD_INTERVAL = 1.0  # seconds: refusals before a startup packet are recorded this often
@@ -74,7 +85,8 @@ IGNORED_STARTUP = {"user", "database", "options", "application_name", "client_en
 class LoginRefused(PolicycError):
     """A login is refused; ``reason`` goes to the audit log, the message to the client."""
 
-    def __init__(self, reason: str, message: str, sqlstate: str = "28000") -> None:
+    def __init__(self, reason: str, message: str,
+                 sqlstate: str = InvalidAuthorization.sqlstate) -> None:
         super().__init__(message)
         self.reason = reason
         self.sqlstate = sqlstate
@@ -180,18 +192,19 @@ def startup_settings(startup: StartupMessage) -> tuple[dict[str, str], str | Non
     encoding = params.get("client_encoding", "UTF8").strip().strip("'\"").lower()
     if encoding not in PINNED["client_encoding"]:
         raise LoginRefused("bad_encoding", "policyc: only client_encoding UTF8 is supported",
-                           "22023")
+                           InvalidParameterValue.sqlstate)
     if "application_name" in params:
         forwarded["application_name"] = params["application_name"][:63]
     if params.get("replication"):
         raise LoginRefused("replication", "policyc: replication connections are not allowed",
-                           "42501")
+                           InsufficientPrivilege.sqlstate)
     requested: str | None = None
     settings: list[tuple[str, str]] = []
     try:
         settings = parse_startup_options(params.get("options", ""))
     except StartupOptionsError as exc:
-        raise LoginRefused("bad_options", f"policyc: {exc}", "22023") from None
+        raise LoginRefused("bad_options", f"policyc: {exc}",
+                           InvalidParameterValue.sqlstate) from None
     settings += [(k.lower(), v) for k, v in params.items()
                  if k not in IGNORED_STARTUP and not k.startswith("_pq_.")]
     for name, value in settings:
@@ -203,10 +216,12 @@ def startup_settings(startup: StartupMessage) -> tuple[dict[str, str], str | Non
             if value.strip().strip("'\"").lower() not in PINNED[name]:
                 reason = "bad_encoding" if name == "client_encoding" else "bad_setting"
                 raise LoginRefused(reason, f"policyc: {name} is pinned to "
-                                   f"{PINNED_STARTUP[name]} for agent sessions", "42501")
+                                   f"{PINNED_STARTUP[name]} for agent sessions",
+                                   InsufficientPrivilege.sqlstate)
         else:
             raise LoginRefused("bad_setting",
-                               f"policyc: setting {name} may not be set by agents", "42501")
+                               f"policyc: setting {name} may not be set by agents",
+                               InsufficientPrivilege.sqlstate)
     return forwarded, requested
 
 
@@ -286,7 +301,8 @@ class Logins:
             database = params.get("database") or user
             if database != config.upstream.dbname:
                 raise LoginRefused("wrong_database",
-                                   f'policyc: database "{database}" is not served here', "3D000")
+                                   f'policyc: database "{database}" is not served here',
+                                   InvalidCatalogName.sqlstate)
             settings, requested = startup_settings(startup.message)
             try:
                 async with asyncio.timeout_at(deadline):
@@ -303,7 +319,7 @@ class Logins:
                         group = resolve_group(config.policy, identity.groups, requested)
                     except AuthenticationFailed as exc:
                         raise LoginRefused(exc.reason, "policyc: authentication failed",
-                                           "28P01") from None
+                                           InvalidPassword.sqlstate) from None
             except TimeoutError:
                 raise LoginRefused("login_timeout", "policyc: login timed out",
                                    LOGIN_TIMEOUT_SQLSTATE) from None
@@ -317,12 +333,13 @@ class Logins:
             except CeilingsUnavailable:
                 raise LoginRefused("ceilings_unavailable", "policyc: the database's limits for "
                                    "this group cannot be read; try again later",
-                                   "58030") from None
+                                   AuditStorageFailure.sqlstate) from None
             for name in SETTABLE & settings.keys():
                 reason = setting_reason(name, (settings[name],), group, verb="option",
                                         listed=True, ceiling_ms=ceilings.get(name) or None)
                 if reason is not None:
-                    raise LoginRefused("bad_setting", f"policyc: {reason}", "42501")
+                    raise LoginRefused("bad_setting", f"policyc: {reason}",
+                                       InsufficientPrivilege.sqlstate)
             try:
                 upstream = await connect(config.upstream, group.name, settings,
                                          max_message_bytes=config.max_message_bytes)
@@ -333,7 +350,7 @@ class Logins:
                         "too many connections for this group or server") from exc
                 raise LoginRefused("upstream_refused",
                                    "policyc: the database refused the session",
-                                   "08004") from exc
+                                   SqlserverRejectedEstablishmentOfSqlconnection.sqlstate) from exc
             record = SessionRecord(
                 outcome="open", agent=identity.subject, group=group.name,
                 oidc_groups=identity.groups, role=group.name, claims=dict(identity.claims),
@@ -344,7 +361,7 @@ class Logins:
                 upstream.writer.close()
                 raise LoginRefused("audit_unavailable",
                                    "policyc: the audit trail is unavailable; try again later",
-                                   "58030") from None
+                                   AuditStorageFailure.sqlstate) from None
         except LoginRefused as refused:
             await self.audit.refuse_session(SessionRecord(
                 outcome="refused", reason=refused.reason,

@@ -33,6 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
+from policyc.errors import (
+    DuplicateCursor,
+    DuplicatePreparedStatement,
+    InvalidCursorName,
+    InvalidSqlStatementName,
+    NameTooLong,
+)
+
 T = TypeVar("T")
 
 State = Literal["pending", "ok", "unknown"]
@@ -103,7 +111,8 @@ def name_refusal(name: str, kind: str) -> Refuse | None:
     if len(name) * 4 <= MAX_NAME_BYTES or len(name.encode("utf-8", "surrogatepass")) <= \
             MAX_NAME_BYTES:
         return None
-    return Refuse("42622", f"policyc: a {kind} name may be at most {MAX_NAME_BYTES} bytes long")
+    return Refuse(NameTooLong.sqlstate,
+                  f"policyc: a {kind} name may be at most {MAX_NAME_BYTES} bytes long")
 
 
 class NameBook(Generic[T]):
@@ -167,7 +176,8 @@ class NameBook(Generic[T]):
         if slot is None:
             return Refuse(*self._missing(name))
         if slot.state == "unknown":
-            return Refuse("26000" if self.kind == "statement" else "34000",
+            return Refuse(InvalidSqlStatementName.sqlstate if self.kind == "statement"
+                          else InvalidCursorName.sqlstate,
                           f"policyc: the {self._what(name)} is in a state the proxy cannot vouch "
                           "for (its last creation failed); close it and create it again")
         if slot.state == "pending" and slot.batch != batch:
@@ -217,14 +227,15 @@ class NameBook(Generic[T]):
 
     def _missing(self, name: str) -> tuple[str, str]:
         if self.kind == "statement":
-            return "26000", f"policyc: {self._what(name)} does not exist"
-        return "34000", (f"policyc: {self._what(name)} does not exist (or was not opened "
-                         "through the proxy)")
+            return InvalidSqlStatementName.sqlstate, f"policyc: {self._what(name)} does not exist"
+        return InvalidCursorName.sqlstate, (f"policyc: {self._what(name)} does not exist (or "
+                                            "was not opened through the proxy)")
 
     def _duplicate(self, name: str) -> tuple[str, str]:
         if self.kind == "statement":
-            return "42P05", f"policyc: {self._what(name)} already exists"
-        return "42P03", f"policyc: {self._what(name)} already exists"
+            return (DuplicatePreparedStatement.sqlstate,
+                    f"policyc: {self._what(name)} already exists")
+        return DuplicateCursor.sqlstate, f"policyc: {self._what(name)} already exists"
 
 
 def _ignore(ok: bool) -> None:

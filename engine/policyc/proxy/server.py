@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from policyc.errors import PolicycError
+from policyc.errors import InternalError, PolicycError
 from policyc.identity import TokenVerifier, key_source_for
 from policyc.policy.model import Group
 from policyc.proxy.audit import AuditLog
@@ -198,7 +198,7 @@ class ProxyServer:
         except Exception as exc:  # one bad connection never takes the proxy down
             log.error("connection failed: %s", type(exc).__name__, exc_info=exc)
             send_and_close(writer, error_response(
-                "XX000", "policyc: internal error", severity="FATAL"))
+                InternalError.sqlstate, "policyc: internal error", severity="FATAL"))
         finally:
             if slot is not None:
                 self._release(slot)

@@ -10,7 +10,8 @@ import asyncio
 import ssl
 from dataclasses import dataclass, field
 
-from policyc.errors import PolicycError
+from policyc.errors import ConnectionFailure, InvalidPassword, PolicycError
+from policyc.errors import ProtocolViolation as PgProtocolViolation
 from policyc.proxy.codec import (
     AuthenticationCleartextPassword,
     AuthenticationMD5Password,
@@ -45,7 +46,7 @@ class UpstreamError(PolicycError):
 
     code = "upstream"
 
-    def __init__(self, message: str, sqlstate: str = "08006") -> None:
+    def __init__(self, message: str, sqlstate: str = ConnectionFailure.sqlstate) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
 
@@ -120,7 +121,7 @@ async def _connect(upstream: Upstream, role: str, settings: dict[str, str],
                 if upstream.password is None:
                     writer.close()
                     raise UpstreamError("the database wants a password for the service role",
-                                        "28P01")
+                                        InvalidPassword.sqlstate)
                 secret = (
                     upstream.password if isinstance(message, AuthenticationCleartextPassword)
                     else md5_password(role, upstream.password, message.salt)
@@ -130,7 +131,7 @@ async def _connect(upstream: Upstream, role: str, settings: dict[str, str],
                 if upstream.password is None:
                     writer.close()
                     raise UpstreamError("the database wants a password for the service role",
-                                        "28P01")
+                                        InvalidPassword.sqlstate)
                 mechanism = choose_mechanism(message.mechanisms)
                 scram = ScramClient(upstream.password)
                 writer.write(SASLInitialResponse(mechanism, scram.client_first()).encode())
@@ -149,14 +150,14 @@ async def _connect(upstream: Upstream, role: str, settings: dict[str, str],
                 continue
             elif isinstance(message, ErrorResponse):
                 writer.close()
-                raise UpstreamError(message.message, message.sqlstate or "08006")
+                raise UpstreamError(message.message, message.sqlstate or ConnectionFailure.sqlstate)
             elif isinstance(message, ReadyForQuery):
                 rest = b"".join(f.raw for f in frames[index + 1:]) + framer.take_pending()
                 return UpstreamSession(reader, writer, pid, key, parameters, framer, rest)
             else:
                 writer.close()
                 raise UpstreamError(f"unexpected message during login: {type(message).__name__}",
-                                    "08P01")
+                                    PgProtocolViolation.sqlstate)
         await writer.drain()
 
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import psycopg
 
-from policyc.errors import PolicycError
+from policyc.errors import AuditStorageFailure, PolicycError
 from policyc.proxy.audit.spool import fsync_directory
 from policyc.resources import sql_dir
 
@@ -62,7 +62,7 @@ class SpoolOwnershipError(PolicycError):
     """The spool belongs to another database (or to nobody known): the proxy must not start."""
 
     code = "spool-owner"
-    sqlstate = "58030"
+    sqlstate = AuditStorageFailure.sqlstate
 
 
 @dataclass(frozen=True)

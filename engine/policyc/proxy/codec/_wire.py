@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import struct
 
-from policyc.errors import PolicycError
+from policyc.errors import CharacterNotInRepertoire, PolicycError
+from policyc.errors import ProtocolViolation as PgProtocolViolation
 
 INT16 = struct.Struct("!h")
 UINT16 = struct.Struct("!H")
@@ -30,9 +31,9 @@ class ProtocolViolation(PolicycError):
     """
 
     code = "protocol"
-    sqlstate = "08P01"
+    sqlstate = PgProtocolViolation.sqlstate
 
-    def __init__(self, message: str, sqlstate: str = "08P01") -> None:
+    def __init__(self, message: str, sqlstate: str = PgProtocolViolation.sqlstate) -> None:
         super().__init__(message)
         self.message = message
         self.sqlstate = sqlstate
@@ -140,7 +141,8 @@ def utf8(data: bytes, what: str, field: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolViolation(
-            f"invalid {what} message: {field} is not valid UTF-8", sqlstate="22021"
+            f"invalid {what} message: {field} is not valid UTF-8",
+            sqlstate=CharacterNotInRepertoire.sqlstate,
         ) from None
 
 

@@ -18,6 +18,8 @@ import secrets
 import stringprep
 import unicodedata
 
+from policyc.errors import InvalidAuthorization, InvalidPassword
+from policyc.errors import ProtocolViolation as PgProtocolViolation
 from policyc.proxy.codec._wire import ProtocolViolation
 
 SCRAM_SHA_256 = "SCRAM-SHA-256"
@@ -31,7 +33,7 @@ class ScramError(ProtocolViolation):
 
     code = "scram"
 
-    def __init__(self, message: str, sqlstate: str = "08P01") -> None:
+    def __init__(self, message: str, sqlstate: str = PgProtocolViolation.sqlstate) -> None:
         super().__init__(message, sqlstate)
 
 
@@ -176,7 +178,8 @@ class ScramClient:
             raise ScramError("SCRAM server-first message lacks nonce, salt or iteration count")
         nonce, salt_b64, iterations_text = (v for _, v in attrs[:3])
         if not nonce.startswith(self._nonce) or len(nonce) <= len(self._nonce):
-            raise ScramError("SCRAM server nonce does not extend the client nonce", "28000")
+            raise ScramError("SCRAM server nonce does not extend the client nonce",
+                             InvalidAuthorization.sqlstate)
         salt = _unb64(salt_b64, "salt")
         if not salt:
             raise ScramError("SCRAM salt is empty")
@@ -187,7 +190,7 @@ class ScramClient:
             raise ScramError(
                 f"SCRAM iteration count {iterations} outside "
                 f"{self.min_iterations}..{self.max_iterations}",
-                "28000",
+                InvalidAuthorization.sqlstate,
             )
         self._salted = _salted_password(self._password, salt, iterations)
         without_proof = f"c={_b64(GS2_HEADER.encode())},r={nonce}"
@@ -206,13 +209,14 @@ class ScramClient:
         attrs = _attributes(server_final, "server-final message")
         key, value = attrs[0]
         if key == "e":
-            raise ScramError(f"SCRAM authentication refused by server: {value}", "28P01")
+            raise ScramError(f"SCRAM authentication refused by server: {value}",
+                             InvalidPassword.sqlstate)
         if key != "v":
             raise ScramError("SCRAM server-final message lacks a verifier")
         server_key = _hmac(self._salted, b"Server Key")
         expected = _hmac(server_key, self._auth_message)
         if not hmac.compare_digest(expected, _unb64(value, "server signature")):
-            raise ScramError("SCRAM server signature does not match", "28000")
+            raise ScramError("SCRAM server signature does not match", InvalidAuthorization.sqlstate)
         self._state = "done"
 
     def _expect(self, state: str, step: str) -> None:
@@ -224,7 +228,8 @@ def choose_mechanism(mechanisms: tuple[str, ...] | list[str]) -> str:
     """Pick the SASL mechanism we speak from the server's list, or raise."""
     if SCRAM_SHA_256 in mechanisms:
         return SCRAM_SHA_256
-    raise ScramError("server offers no SASL mechanism the proxy supports", "28000")
+    raise ScramError("server offers no SASL mechanism the proxy supports",
+                     InvalidAuthorization.sqlstate)
 
 
 def md5_password(user: str, password: str, salt: bytes) -> str:

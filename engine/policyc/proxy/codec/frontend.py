@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from policyc.errors import FeatureNotSupported
 from policyc.proxy.codec._wire import (
     INT16,
     INT32,
@@ -143,7 +144,7 @@ def decode_startup(frame: Frame) -> StartupMessage | SSLRequest | GSSENCRequest 
         raise ProtocolViolation(
             f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
             "server supports 3.0 to 3.x",
-            sqlstate="0A000",
+            sqlstate=FeatureNotSupported.sqlstate,
         )
     r.what = "StartupMessage"
     params: dict[str, str] = {}

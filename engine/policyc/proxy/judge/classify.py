@@ -17,6 +17,12 @@ from typing import Final
 
 from pglast import parser as pg_parser
 
+from policyc.errors import (
+    InternalError,
+    ProgramLimitExceeded,
+    SqlSyntaxError,
+    StatementTooComplex,
+)
 from policyc.policy.model import TableName
 from policyc.proxy.judge._ast import JsonNode, const_value, names, option_enabled, unwrap
 from policyc.proxy.judge.collect import (
@@ -348,27 +354,30 @@ def classify(sql: str, *, max_length: int = MAX_LENGTH) -> Classification:
         if size > max_length:
             return Classification(
                 error=f"statement of {size} bytes exceeds the limit of {max_length}",
-                error_sqlstate="54000",
+                error_sqlstate=ProgramLimitExceeded.sqlstate,
             )
     if "\x00" in sql:
-        return Classification(error="statement contains a NUL character", error_sqlstate="54000")
+        return Classification(error="statement contains a NUL character",
+                              error_sqlstate=ProgramLimitExceeded.sqlstate)
     decoder = TreeDecoder()
     try:
         tree = json.loads(pg_parser.parse_sql_json(sql), object_hook=decoder.hook)
     except pg_parser.ParseError as exc:
         message = _parse_error_message(exc)
-        sqlstate = "54001" if "stack depth" in message or "memory exhausted" in message else "42601"
+        deep = "stack depth" in message or "memory exhausted" in message
+        sqlstate = StatementTooComplex.sqlstate if deep else SqlSyntaxError.sqlstate
         return Classification(error=message, error_sqlstate=sqlstate)
     except RecursionError:
         return Classification(
-            error="statement nests too deeply to classify", error_sqlstate="54001"
+            error="statement nests too deeply to classify",
+            error_sqlstate=StatementTooComplex.sqlstate,
         )
     try:
         return Classification(statements=_statements(sql, tree, decoder.done))
     except (_ShapeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         return Classification(
             error=f"internal classifier error ({type(exc).__name__}); statement refused",
-            error_sqlstate="XX000",
+            error_sqlstate=InternalError.sqlstate,
         )
 
 

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from policyc.errors import InternalError, QueryCanceled
 from policyc.proxy.audit.records import StatementOutcome
 from policyc.proxy.codec import ProtocolViolation, Query, error_response, notice_response
 from policyc.proxy.judge.cache import Judgement
@@ -111,7 +112,7 @@ class HoldDesk:
         the client is recorded as blocked (statement records have no "cancelled"; the
         request itself is closed as cancelled) and answered as the server answers a cancel."""
         cancelled = status == "cancelled"
-        sqlstate = "57014" if cancelled else BLOCKED_SQLSTATE  # 57014: query_canceled
+        sqlstate = QueryCanceled.sqlstate if cancelled else BLOCKED_SQLSTATE
         final = self.recorder.record(text, decision, index, "blocked" if cancelled else status,
                                      parameters=parameters, approval_id=request_id,
                                      reason=f"approval request {request_id} {status}"
@@ -242,7 +243,7 @@ class HoldDesk:
                 "the proxy's row estimate left the transaction in another state"
             raise ProtocolViolation(
                 "policyc: the proxy could not restore the transaction after its row estimate; "
-                "the session was ended (nothing of the statement ran)", "XX000")
+                "the session was ended (nothing of the statement ran)", InternalError.sqlstate)
         if cancel is not None:
             raise EstimateCancelled(*cancel)
         return None

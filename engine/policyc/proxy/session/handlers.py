@@ -13,6 +13,8 @@ import struct
 import uuid
 from typing import Any, Final
 
+from policyc.errors import InvalidAuthorization
+from policyc.errors import ProtocolViolation as PgProtocolViolation
 from policyc.proxy.audit.records import StatementOutcome
 from policyc.proxy.codec import (
     Close,
@@ -114,7 +116,7 @@ class Frontend:
                     # which answer belongs to which record. No driver sends this.
                     raise ProtocolViolation(
                         "a simple Query inside an unfinished extended-protocol batch: send "
-                        "Sync first", "08P01")
+                        "Sync first", PgProtocolViolation.sqlstate)
                 if kind == b"Q":
                     await self.query.on_query(frame, out)
                     state.batch += 1
@@ -154,7 +156,8 @@ class Frontend:
         if self.state.clock() >= self.state.identity.expires_at:
             self.state.end_reason = "token expired"
             self.client.write(
-                error_response("28000", "your token has expired; reconnect with a fresh one",
+                error_response(InvalidAuthorization.sqlstate,
+                               "your token has expired; reconnect with a fresh one",
                                severity="FATAL")
             )
             raise SessionClosed

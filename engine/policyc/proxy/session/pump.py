@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from policyc.errors import AdminShutdown, InternalError
 from policyc.identity import AgentIdentity
 from policyc.policy.model import Group, ResultRecording
 from policyc.proxy.audit import AuditUnavailable
@@ -136,8 +137,9 @@ class Session:
             if not data:
                 self.state.end_reason = "the database closed the session"
                 self.client_writer.write(error_response(
-                    "57P01", "policyc: the database ended this session (restart or shutdown); "
-                    "reconnect", severity="FATAL"))
+                    AdminShutdown.sqlstate,
+                    "policyc: the database ended this session (restart or shutdown); reconnect",
+                    severity="FATAL"))
                 raise SessionClosed
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -173,7 +175,7 @@ class Session:
                     log.error("session %s ended by %s", self.session_id, type(exc).__name__,
                               exc_info=exc)
                     self.client_writer.write(error_response(
-                        "XX000", "policyc: internal error; the session was closed",
+                        InternalError.sqlstate, "policyc: internal error; the session was closed",
                         severity="FATAL"))
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):

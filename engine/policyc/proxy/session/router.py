@@ -22,6 +22,8 @@ import json
 from collections.abc import Callable
 from typing import Protocol
 
+from policyc.errors import InsufficientPrivilege, InternalError
+from policyc.errors import ProtocolViolation as PgProtocolViolation
 from policyc.policy.model import ResultRecording
 from policyc.proxy.audit.records import StatementOutcome
 from policyc.proxy.codec import (
@@ -147,7 +149,8 @@ class Router:
                 # expected to complete: if one did, the session is out of step and ends
                 expect = self._pop((_COMPLETES[kind],))
                 if expect.rewrite is not None:
-                    raise ProtocolViolation("a refused message completed on the server", "08P01")
+                    raise ProtocolViolation("a refused message completed on the server",
+                                            PgProtocolViolation.sqlstate)
                 if expect.on_done is not None:
                     expect.on_done(True)
                 out.append(frame.raw)
@@ -160,7 +163,8 @@ class Router:
                         elif head.prepared is not None:
                             head.prepared.row_description = frame.raw
                 elif kind == b"n":
-                    raise ProtocolViolation("NoData without a Describe", "08P01")
+                    raise ProtocolViolation("NoData without a Describe",
+                                            PgProtocolViolation.sqlstate)
                 elif head is not None and head.unit is not None:
                     head.unit.header = frame.raw
                 out.append(frame.raw)
@@ -194,7 +198,7 @@ class Router:
         expected = self.state.expected
         head = expected.popleft() if expected else None
         error = decode_backend(frame)
-        sqlstate = getattr(error, "sqlstate", None) or "XX000"
+        sqlstate = getattr(error, "sqlstate", None) or InternalError.sqlstate
         if head is not None and head.kind == "sync":
             # an error outside any pending message (e.g. a FATAL): keep the sync
             expected.appendleft(head)
@@ -286,7 +290,8 @@ class Router:
                 f"the server reported {message.name} changed from its pinned value"
             raise ProtocolViolation(
                 f"policyc: {message.name} changed from its pinned value; the session was ended "
-                "because the proxy can no longer read SQL as the server does", "42501")
+                "because the proxy can no longer read SQL as the server does",
+                InsufficientPrivilege.sqlstate)
 
     def _explain_frame(self, head: Expect, frame: Frame) -> None:
         """Consume the proxy's own EXPLAIN exchange; answer its waiter at ReadyForQuery."""
@@ -316,5 +321,5 @@ class Router:
             got = expected[0].kind if expected else "nothing"
             raise ProtocolViolation(
                 f"server response out of step (expected {'/'.join(kinds)}, pending {got})",
-                "08P01")
+                PgProtocolViolation.sqlstate)
         return expected.popleft()

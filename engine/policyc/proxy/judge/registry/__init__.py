@@ -24,7 +24,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Final
 
-from policyc.errors import PolicycError
+from policyc.errors import InternalError, PolicycError
 
 __all__ = [
     "AGENT_CALLABLE",
@@ -48,7 +48,7 @@ class RegistryError(PolicycError):
     """The registry cannot judge: an unsupported server major or a malformed data file."""
 
     code = "registry"
-    sqlstate = "XX000"
+    sqlstate = InternalError.sqlstate
 
 
 class FunctionClass(StrEnum):
