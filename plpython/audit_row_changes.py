@@ -27,10 +27,15 @@
 # * the HMAC pads and the session's identity are joined once per statement (one lookup of the
 #   identity, where policyc.session_id() and policyc.agent() made one each).
 #
+# Runtime 0.6.0 writes exactly what 0.4.0 wrote, with fewer calls a statement: the positions
+# are reserved inside the INSERT itself (below), and the identity and the positions come from
+# PL/pgSQL functions whose plans are kept (see policyc--0.5.0--0.6.0.sql.j2).
+#
 # Tamper evidence (runtime 0.3.0 on): the rows join this backend's chain ("rc:<pid>@<start>"),
-# numbered without gaps from audit.chain_heads. The head row is locked (read with a +0
-# reservation) before the insert and advanced by the number inserted after it, both in this
-# transaction, so a rolled-back statement or savepoint gives its positions back.
+# numbered without gaps from audit.chain_heads. The rows are materialised, counted, and that
+# many positions reserved (the head row locked and advanced) by the same statement that
+# inserts them, in this transaction, so a rolled-back statement or savepoint gives its
+# positions back.
 import json
 
 event = TD["event"]
@@ -150,8 +155,14 @@ if cached is None:
         return "CASE WHEN s.%sp THEN %s END" % (prefix, " || ".join(parts))
 
     # Ids, times and hashes are computed here, set-based, rather than by a trigger per row:
-    # audit.row_change_hash() is the same function audit.verify() recomputes with.
+    # audit.row_change_hash() is the same function audit.verify() recomputes with. The rows
+    # are materialised first, so their positions are reserved in the same statement, once,
+    # for exactly as many rows (none reserved when nothing changed). r is evaluated once:
+    # a CTE that calls a volatile function is never inlined.
     text = (
+        "WITH s AS MATERIALIZED (" + level2 + "), "
+        "r AS MATERIALIZED (SELECT CASE WHEN c.n > 0 THEN audit._next_seq($3, c.n) END AS base "
+        "FROM (SELECT pg_catalog.count(*) AS n FROM s) c) "
         "INSERT INTO audit.row_changes "
         "(id, at, table_name, operation, txid, session_id, agent, db_user, old_row, new_row, "
         "chain, seq, row_hash) OVERRIDING SYSTEM VALUE "
@@ -162,10 +173,10 @@ if cached is None:
         "pg_catalog.pg_current_xact_id() AS txid, i.session_id, i.agent, "
         "session_user AS db_user, "
         + row("o_") + " AS old_row, " + row("n_") + " AS new_row, $3::text AS chain, "
-        "$4 + s.rn - 1 AS seq FROM (" + level2 + ") s "
+        "r.base + s.rn - 1 AS seq FROM s CROSS JOIN r "
         "LEFT JOIN policyc._my_identity() i ON true OFFSET 0) x"
     )
-    cached = plpy.prepare(text, ["text", "text", "text", "bigint"])
+    cached = plpy.prepare(text, ["text", "text", "text"])
     SD[cache_key] = cached
 
 plan = cached
@@ -180,12 +191,5 @@ if chain is None:
         "FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a"
     )[0]["chain"]
     GD["policyc.row_changes.chain"] = chain
-reserve = SD.get("reserve")
-if reserve is None:
-    reserve = plpy.prepare("SELECT audit._next_seq($1, $2) AS base", ["text", "bigint"])
-    SD["reserve"] = reserve
-base = plpy.execute(reserve, [chain, 0])[0]["base"]
-inserted = plpy.execute(plan, [table_name, event, chain, base]).nrows()
-if inserted:
-    plpy.execute(reserve, [chain, inserted])
+plpy.execute(plan, [table_name, event, chain])
 return None

@@ -3,6 +3,7 @@ when the extension is not installed on the server."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -20,9 +21,10 @@ def test_render_writes_control_and_versioned_scripts(tmp_path: Path) -> None:
     written = {p.name for p in runtime.render(tmp_path)}
     assert "policyc.control" in written
     # one install script, then upgrade scripts up to the current version (PostgreSQL installs
-    # 0.5.0 as 0.1.0 + the 0.1.0--0.2.0, ..., 0.4.0--0.5.0 upgrades)
+    # 0.6.0 as 0.1.0 + the 0.1.0--0.2.0, ..., 0.5.0--0.6.0 upgrades)
     assert {"policyc--0.1.0.sql", "policyc--0.1.0--0.2.0.sql", "policyc--0.2.0--0.3.0.sql",
-            "policyc--0.3.0--0.4.0.sql", f"policyc--0.4.0--{RUNTIME_VERSION}.sql"} <= written
+            "policyc--0.3.0--0.4.0.sql", "policyc--0.4.0--0.5.0.sql",
+            f"policyc--0.5.0--{RUNTIME_VERSION}.sql"} <= written
     control = (tmp_path / "policyc.control").read_text()
     assert f"default_version = '{RUNTIME_VERSION}'" in control
     script = (tmp_path / "policyc--0.1.0.sql").read_text()
@@ -34,9 +36,11 @@ def test_render_writes_control_and_versioned_scripts(tmp_path: Path) -> None:
     assert chained.startswith("\\echo Use") and "CREATE FUNCTION audit.verify" in chained
     cheaper = (tmp_path / "policyc--0.3.0--0.4.0.sql").read_text()
     assert cheaper.startswith("\\echo Use") and "Runtime 0.4.0 writes exactly" in cheaper
-    latest = (tmp_path / f"policyc--0.4.0--{RUNTIME_VERSION}.sql").read_text()
-    assert latest.startswith("\\echo Use") and "policyc.proxy_sessions" in latest
-    for text in (script, upgrade, chained, cheaper, latest):
+    instances = (tmp_path / "policyc--0.4.0--0.5.0.sql").read_text()
+    assert instances.startswith("\\echo Use") and "policyc.proxy_sessions" in instances
+    latest = (tmp_path / f"policyc--0.5.0--{RUNTIME_VERSION}.sql").read_text()
+    assert latest.startswith("\\echo Use") and "policyc._backend_start" in latest
+    for text in (script, upgrade, chained, cheaper, instances, latest):
         assert "{{" not in text and "{%" not in text
 
 
@@ -45,14 +49,34 @@ def test_upgrade_path_walks_scripts_in_order() -> None:
     assert path[0].source is None and path[-1].target == RUNTIME_VERSION
     assert [(s.source, s.target) for s in path] == [
         (None, "0.1.0"), ("0.1.0", "0.2.0"), ("0.2.0", "0.3.0"), ("0.3.0", "0.4.0"),
-        ("0.4.0", "0.5.0")]
+        ("0.4.0", "0.5.0"), ("0.5.0", "0.6.0")]
     assert [(s.source, s.target) for s in runtime.upgrade_path("0.1.0")] == [
-        ("0.1.0", "0.2.0"), ("0.2.0", "0.3.0"), ("0.3.0", "0.4.0"), ("0.4.0", "0.5.0")]
+        ("0.1.0", "0.2.0"), ("0.2.0", "0.3.0"), ("0.3.0", "0.4.0"), ("0.4.0", "0.5.0"),
+        ("0.5.0", "0.6.0")]
     assert [(s.source, s.target) for s in runtime.upgrade_path("0.3.0")] == [
-        ("0.3.0", "0.4.0"), ("0.4.0", "0.5.0")]
+        ("0.3.0", "0.4.0"), ("0.4.0", "0.5.0"), ("0.5.0", "0.6.0")]
     assert runtime.upgrade_path(RUNTIME_VERSION) == []
     with pytest.raises(LookupError, match=r"no upgrade script from runtime 0\.0\.1"):
         runtime.upgrade_path("0.0.1")
+
+
+# What each released script renders to, byte for byte: a database that ran it must be upgradable
+# by the scripts after it, so a released script never changes (a change goes into a new one).
+RELEASED = {
+    "policyc--0.1.0.sql": "710af8c4026d1492",
+    "policyc--0.1.0--0.2.0.sql": "8e5320adff052469",
+    "policyc--0.2.0--0.3.0.sql": "3690d6bc3e59b0be",
+    "policyc--0.3.0--0.4.0.sql": "9b8fcc60f2159c0f",
+    "policyc--0.4.0--0.5.0.sql": "53803493d75eaa9f",
+}
+
+
+def test_released_scripts_stay_frozen() -> None:
+    rendered = {s.filename: hashlib.sha256(s.text.encode()).hexdigest()[:16]
+                for s in runtime.scripts()}
+    assert {name: rendered.get(name) for name in RELEASED} == RELEASED
+    assert f"policyc--{RUNTIME_VERSION}.sql" in rendered or any(
+        name.endswith(f"--{RUNTIME_VERSION}.sql") for name in rendered)
 
 
 def test_script_path_records_version_in_the_ledger(applied_clinic: Database) -> None:
