@@ -78,10 +78,31 @@ def _install(conn: psycopg.Connection[Any], variant: str, table: str,
                      f"ON bench_audit.{table} FOR EACH ROW EXECUTE FUNCTION bench_audit.log_row()")
 
 
+#: One-row UPDATEs timed per variant and repetition (each its own transaction).
+ONE_ROW_UPDATES = 400
+
+
+def _one_row_updates(conn: psycopg.Connection[Any], table: str, rows: int) -> float:
+    """Seconds per one-row UPDATE of a PHI column, each statement its own transaction, sent
+    prepared from one session as an agent's write arrives.  ``synchronous_commit = off``: the
+    commit's flush is the same for every variant and would hide what the trigger costs."""
+    conn.execute("SET synchronous_commit = off")
+    try:
+        sql = f"UPDATE bench_audit.{table} SET phone = %s WHERE id = %s".encode()
+        start = time.perf_counter()
+        for i in range(ONE_ROW_UPDATES):
+            conn.execute(sql, (f"555-{i:04d}", i * 7919 % rows + 1), prepare=True)
+        return (time.perf_counter() - start) / ONE_ROW_UPDATES
+    finally:
+        conn.execute("RESET synchronous_commit")
+
+
 def audit_trigger_cost(dsn: str, rows: int, reps: int, phi: Sequence[str],
                        log: Log) -> dict[str, Any]:
-    """Seconds per bulk INSERT / UPDATE of ``rows`` rows for each variant (medians)."""
-    times: dict[str, dict[str, list[float]]] = {v: {"insert": [], "update": []} for v in VARIANTS}
+    """Seconds per bulk INSERT / UPDATE of ``rows`` rows, and per one-row UPDATE, for each
+    variant (medians)."""
+    times: dict[str, dict[str, list[float]]] = {
+        v: {"insert": [], "update": [], "update_one": []} for v in VARIANTS}
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute((HERE / "audit_baseline.sql").read_text().encode())
         for rep in range(reps):
@@ -98,16 +119,18 @@ def audit_trigger_cost(dsn: str, rows: int, reps: int, phi: Sequence[str],
                 conn.execute("CHECKPOINT")
                 upd = _timed(conn, f"UPDATE bench_audit.{table} SET phone = '555-0100', "
                                    "created_at = created_at + interval '1 day'")
+                one = _one_row_updates(conn, table, rows)
                 times[variant]["insert"].append(ins)
                 times[variant]["update"].append(upd)
+                times[variant]["update_one"].append(one)
                 log(f"  audit trigger {variant:<8} run {rep + 1}: insert {ins:.3f} s, "
-                    f"update {upd:.3f} s")
+                    f"update {upd:.3f} s, one-row update {one * 1000:.3f} ms")
         counted = conn.execute("SELECT count(*) FROM bench_audit.t_none").fetchone()
         if not counted or int(counted[0]) != rows:
             raise RuntimeError(f"expected {rows} rows in the audit benchmark table")
     med = {v: {op: statistics.median(ts) for op, ts in ops.items()} for v, ops in times.items()}
     ratios = {}
-    for op in ("insert", "update"):
+    for op in ("insert", "update", "update_one"):
         ratios[f"{op}_policyc_over_none"] = med["policyc"][op] / med["none"][op]
         ratios[f"{op}_plpgsql_over_policyc"] = med["plpgsql"][op] / med["policyc"][op]
     return {"rows": rows, "seconds": med, "runs": times, "ratios": ratios}
