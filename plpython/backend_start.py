@@ -1,23 +1,14 @@
-# policyc._backend_start(): when this backend started, read once per backend (PL/Python).
+# policyc._kept_backend_start(): this backend's start, as policyc._my_identity() kept it (or
+# NULL the first time). PL/Python, for GD: per backend, and out of SQL's reach (only
+# superusers create functions in plpython3u).
 #
 # The identity of a session is the registration of its backend (pid) *and* that backend's
 # start, so a later backend that reuses the pid never inherits it. Reading the start from
 # pg_stat_get_activity() copies the status of every backend slot (max_connections of them,
 # each with its query text) once per transaction: about 50 us a statement at 200 connections,
 # paid by every row filter that reads a claim and every audited write. It never changes for
-# the life of a backend, so it is read once and kept in GD, which SQL cannot reach (only
-# superusers create functions in plpython3u).
+# the life of a backend, so _my_identity reads it once and keeps it here.
 #
-# The value is kept as ISO 8601 text in UTC, which timestamptz input reads the same whatever
-# the DateStyle and TimeZone of the moment. NULL (not allowed to see it) is not kept: the
-# lookup then finds no identity, which fails closed.
-start = GD.get("policyc.backend_start")
-if start is None:
-    start = plpy.execute(
-        "SELECT pg_catalog.to_char(a.backend_start AT TIME ZONE 'UTC', "
-        "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS start "
-        "FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a"
-    )[0]["start"]
-    if start is not None:
-        GD["policyc.backend_start"] = start
-return start
+# No SPI here: a PL/Python query runs in a subtransaction, which PostgreSQL refuses during a
+# parallel query, and an agent's first statement may well be one.
+return GD.get("policyc.backend_start")

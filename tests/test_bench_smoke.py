@@ -76,6 +76,7 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
 
     names = {t["name"] for t in data["targets"]}
     assert "no-op re-apply" in names and any("proxy/direct" in n for n in names)
+    assert "audit trigger, one-row UPDATE: policyc / no audit" in names
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("## Machine and versions", "## Targets", "## Data path",
                     "## Audit trigger", "## Masking views", "## Compile/apply", "## Profile"):

@@ -39,7 +39,7 @@ def test_render_writes_control_and_versioned_scripts(tmp_path: Path) -> None:
     instances = (tmp_path / "policyc--0.4.0--0.5.0.sql").read_text()
     assert instances.startswith("\\echo Use") and "policyc.proxy_sessions" in instances
     latest = (tmp_path / f"policyc--0.5.0--{RUNTIME_VERSION}.sql").read_text()
-    assert latest.startswith("\\echo Use") and "policyc._backend_start" in latest
+    assert latest.startswith("\\echo Use") and "policyc._kept_backend_start" in latest
     for text in (script, upgrade, chained, cheaper, instances, latest):
         assert "{{" not in text and "{%" not in text
 

@@ -1,8 +1,8 @@
 """Runtime 0.6.0 (issue #14): the fence's per-statement costs, with nothing stored changing.
 
 * the session identity is the registration of this backend's pid *and* start, the start read
-  once per backend (policyc._backend_start), exact to the microsecond whatever the session's
-  date settings;
+  once per backend and kept (policyc._kept_backend_start), exact to the microsecond whatever
+  the session's date settings, also when first read inside a parallel query;
 * a statement's row changes, and a batch's statements of one session, wait for the next seal
   as one queue entry for their run of positions; a checkpoint seals what 0.5.0 sealed;
 * an upgrade from 0.5.0 keeps every record verifiable, queued entries of both shapes included.
@@ -78,10 +78,31 @@ def test_identity_is_this_backends_to_the_microsecond(applied_clinic: Database) 
         assert conn.execute("SELECT count(*) FROM patients").fetchone() == (0,)
 
 
-def test_agents_cannot_call_the_backend_start_directly(applied_clinic: Database) -> None:
+@pytest.mark.parametrize("call", ["policyc._kept_backend_start()",
+                                  "policyc._keep_backend_start('2000-01-01T00:00:00Z')"])
+def test_agents_cannot_reach_the_kept_start(applied_clinic: Database, call: str) -> None:
     with (applied_clinic.connect("billing") as conn,
           pytest.raises(psycopg.errors.InsufficientPrivilege, match="function")):
-        conn.execute("SELECT policyc._backend_start()")
+        conn.execute(f"SELECT {call}".encode())
+
+
+PARALLEL = ("parallel_setup_cost = 0", "parallel_tuple_cost = 0",
+            "min_parallel_table_scan_size = 0", "max_parallel_workers_per_gather = 2")
+
+
+def test_the_first_identity_lookup_may_be_inside_a_parallel_query(
+        applied_clinic: Database) -> None:
+    """PL/Python queries run in subtransactions, which a parallel query forbids: the first
+    lookup of a backend must not need one (an agent's first statement may be a big scan)."""
+    expected = applied_clinic.execute("SELECT count(*) FROM public.visits WHERE clinic_id = 1")
+    with applied_clinic.connect("billing") as conn:
+        register(applied_clinic, conn, "agent-p", "billing", {"clinic_id": 1})
+        for setting in PARALLEL:
+            conn.execute(f"SET {setting}".encode())
+        query = "SELECT count(*) FROM visits WHERE visited_at > '1900-01-01'"
+        assert "Gather" in "\n".join(r[0] for r in conn.execute(f"EXPLAIN {query}".encode()))
+        assert conn.execute(query).fetchone() == expected[0]
+        assert conn.execute("SELECT policyc.agent()").fetchone() == ("agent-p",)
 
 
 # -- one seal-queue entry per run -------------------------------------------------------------
