@@ -8,12 +8,13 @@ Exit codes: 0 success; 1 an error (invalid policy, database mismatch, apply fail
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -97,11 +98,24 @@ def _plan_json(plan: Any) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _privileged(command: str) -> Iterator[None]:
+    """A role without the privileges plan and apply need gets one line saying so."""
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PolicycError(
+            f"{exc.diag.message_primary or 'permission denied'}: {command} needs a superuser "
+            "(apply installs PL/Python and the runtime, creates group roles, views and "
+            "row-security policies on every table of the policy; plan reads what apply "
+            "recorded); README \"Privileges\"") from None
+
+
 def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     from policyc.plan import make_plan
 
     policy = _load(args.policy)
-    with connect_as(args.dsn) as conn:
+    with connect_as(args.dsn) as conn, _privileged("plan"):
         plan = make_plan(conn, policy)
     if args.json:
         json.dump(_plan_json(plan), out, indent=2)
@@ -117,7 +131,7 @@ def cmd_apply(args: argparse.Namespace, out: TextIO) -> int:
     from policyc.apply import apply_policy
 
     policy = _load(args.policy)
-    with connect_as(args.dsn) as conn:
+    with connect_as(args.dsn) as conn, _privileged("apply"):
         result = apply_policy(conn, policy)
     if args.json:
         json.dump({**_plan_json(result.plan), "executed": result.executed}, out, indent=2)
@@ -147,12 +161,12 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     policy = _load(args.policy)
-    host, _, port = args.listen.rpartition(":")
+    host, port = args.listen
     upstream = parse_upstream(args.upstream or "", password_file=args.password_file,
                               password_command=args.password_command)
     config = ProxyConfig(
-        policy=policy, upstream=upstream, listen_host=host or "127.0.0.1",
-        listen_port=int(port), tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        policy=policy, upstream=upstream, listen_host=host,
+        listen_port=port, tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         allow_plaintext_loopback=args.allow_plaintext_loopback,
         spool_dir=Path(args.spool) if args.spool else None,
@@ -176,6 +190,18 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
     print(f"policyc proxy: {args.workers} workers on {config.listen_host}:{config.listen_port}"
           f" (supervisor pid {os.getpid()})", file=out, flush=True)
     return EXIT_OK if Supervisor(config, args.workers).run() == 0 else EXIT_ERROR
+
+
+def _listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (127.0.0.1) for ``--listen``."""
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:6432, 0.0.0.0:6432 for every "
+            "IPv4 interface, [::1]:6432; port 0 picks a free one)")
+    return host or "127.0.0.1", int(port)
 
 
 def _workers(text: str) -> int:
@@ -262,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     proxy = sub.add_parser("proxy", help="run the audited PostgreSQL proxy")
     proxy.add_argument("policy")
-    proxy.add_argument("--listen", default="127.0.0.1:6432", help="HOST:PORT to listen on")
+    proxy.add_argument("--listen", default="127.0.0.1:6432", type=_listen, metavar="HOST:PORT",
+                       help="where agents connect (default 127.0.0.1:6432, loopback only; "
+                            "e.g. 0.0.0.0:6432 for every IPv4 interface)")
     proxy.add_argument("--upstream", help="libpq DSN of the database and the service role "
                        "(default: PG* environment)")
     proxy.add_argument("--password-file", help="file whose first line is the service password")

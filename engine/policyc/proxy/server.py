@@ -18,6 +18,7 @@ import contextlib
 import functools
 import hmac
 import logging
+import os
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -126,10 +127,17 @@ class ProxyServer:
         self._reads = LoginReads(self.config.upstream.conninfo())
         self._logins = Logins(self.config, self.audit, self.verifier, self._reads)
         self._ssl = self.config.server_ssl_context()
-        self._server = await asyncio.start_server(
-            self._accept, self.config.listen_host, self.config.listen_port,
-            limit=CLIENT_READ_LIMIT, reuse_port=self.config.reuse_port or None,
-        )
+        try:
+            self._server = await asyncio.start_server(
+                self._accept, self.config.listen_host, self.config.listen_port,
+                limit=CLIENT_READ_LIMIT, reuse_port=self.config.reuse_port or None,
+            )
+        except OSError as exc:  # a busy port, an address this host does not have, ...
+            await self.close()  # the audit log and the rest it opened, in order
+            where = f"{self.config.listen_host}:{self.config.listen_port}"
+            reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+            raise PolicycError(f"cannot listen on {where}: {reason.lower()}; choose another "
+                               "address or port with --listen") from exc
 
     def connection_counts(self) -> dict[str, int]:
         """The caps' counters now: open connections, those not yet authenticated, sessions

@@ -26,3 +26,14 @@ class ForeignUpstream(OSError):
 def sqlstate_of(exc: BaseException) -> str:
     """What a log line may say about ``exc``: its SQLSTATE, else its type's name."""
     return getattr(exc, "sqlstate", None) or type(exc).__name__
+
+
+def connect_failure(exc: BaseException) -> str:
+    """What the proxy may say of a failure to reach the database with its own connection:
+    PostgreSQL's (libpq's) message, which names the host, the user and the reason ("password
+    authentication failed", "Connection refused") and carries no data of any agent's, with
+    its SQLSTATE when it has one. Only for the service's own connections and queries."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    message = " ".join(lines)[:400] or type(exc).__name__
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"{message} [{sqlstate}]" if sqlstate else message

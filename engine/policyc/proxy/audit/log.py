@@ -51,7 +51,7 @@ from policyc.proxy.audit.books import Books
 from policyc.proxy.audit.connect import Connector, close_quietly
 from policyc.proxy.audit.drain import DRAIN_INTERVAL, Drainer
 from policyc.proxy.audit.events import begin_event, begin_line, end_event, end_line
-from policyc.proxy.audit.failures import AuditUnavailable, sqlstate_of
+from policyc.proxy.audit.failures import AuditUnavailable, connect_failure
 from policyc.proxy.audit.owner import SpoolOwnershipError, claim, instance_id, read_identity
 from policyc.proxy.audit.records import (
     SessionEnd,
@@ -158,7 +158,7 @@ class AuditLog:
             identity = await read_identity(conn, upstream.host, upstream.port)
         except (psycopg.Error, OSError, TimeoutError) as exc:
             raise AuditUnavailable(
-                f"the upstream {where} is unreachable ({sqlstate_of(exc)}), so the audit "
+                f"the upstream {where} is unreachable ({connect_failure(exc)}), so the audit "
                 f"spool {self._spool.directory} cannot be checked to belong to it",
                 "the proxy cannot start") from exc
         self._drainer.conn = conn  # the drainer's, from now on
