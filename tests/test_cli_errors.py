@@ -5,14 +5,16 @@ is down."""
 
 from __future__ import annotations
 
+import argparse
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import CLINIC, Database, clinic_policy
-from policyc.cli import main
+from policyc.cli import build_parser, main
 from policyc.errors import PolicycError
 from proxyharness import run_proxy
 
@@ -83,3 +85,37 @@ def test_an_upstream_that_is_down_is_named_with_postgresql_s_message(
     assert code == 1
     assert "the proxy cannot start" in text and "127.0.0.1:1/clinic is unreachable" in text
     assert "Connection refused" in text and "Traceback" not in text
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    for action in parser._actions:  # argparse keeps no public list of subcommands
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield name, child
+                yield from ((f"{name} {n}", c) for n, c in _subparsers(child))
+
+
+def test_every_command_and_option_says_what_it_does_and_its_default() -> None:
+    parser = build_parser()
+    assert "autonomous agents" in (parser.description or "")  # for users, not a docstring
+    assert "policyc apply" in (parser.epilog or "")
+    commands = dict(_subparsers(parser))
+    assert {"check", "plan", "apply", "proxy", "audit verify", "token"} <= set(commands)
+    for name, command in commands.items():
+        top = name.split()[0]
+        assert command.description, name
+        if " " not in name:
+            assert (command.epilog or "").startswith("example:\n  policyc " + top), name
+        for action in command._actions:
+            if action.help == argparse.SUPPRESS or isinstance(
+                    action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            assert action.help, f"{name} {action.dest}: no help"
+            if action.default not in (None, False, []):
+                assert "default" in action.help, f"{name} {action.dest}: default not said"
+
+
+def test_help_prints_without_error(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["proxy", "--help"], ["audit", "verify", "--help"]):
+        assert main(argv, io.StringIO()) == 0
+        assert "usage: policyc" in capsys.readouterr().out

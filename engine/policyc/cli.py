@@ -262,32 +262,95 @@ def _lazy(module: str, name: str) -> Any:
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="policyc", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--version", action="version", version=f"policyc {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+ABOUT = """\
+policyc puts two fences between autonomous agents and PostgreSQL: in the database (group
+roles, column grants, row filters, masking views, audit triggers, compiled from policy.yaml
+by plan/apply) and in the data path (an audited proxy that verifies each agent's token,
+judges every statement, holds risky ones for a human, and records everything)."""
 
-    check = sub.add_parser("check", help="validate a policy file and report every problem")
-    check.add_argument("policy")
+WORKFLOW = """\
+a first deployment:
+  policyc check policy.yaml                       # every problem as file:line: key: message
+  policyc plan policy.yaml --dsn 'host=db dbname=clinic user=postgres'
+  policyc apply policy.yaml --dsn 'host=db dbname=clinic user=postgres'
+  policyc proxy policy.yaml --upstream 'host=db dbname=clinic user=policyc_proxy' \\
+      --password-file /run/secrets/policyc --tls-cert tls.crt --tls-key tls.key
+then agents connect to the proxy with any PostgreSQL client, their OIDC token as password.
+
+`policyc COMMAND --help` tells each command's options and defaults; README.md and docs/ tell
+the rest. Exit codes: 0 ok, 1 error, 2 pending changes (plan --check), 64 bad usage."""
+
+#: One example per command, shown at the end of its --help.
+EXAMPLES = {
+    "check": "policyc check examples/clinic/policy.yaml",
+    "plan": "policyc plan policy.yaml --dsn 'host=db dbname=clinic user=postgres' --check",
+    "apply": "policyc apply policy.yaml --dsn 'host=db dbname=clinic user=postgres'",
+    "proxy": ("policyc proxy policy.yaml --listen 0.0.0.0:6432 "
+              "--upstream 'host=db dbname=clinic user=policyc_proxy' "
+              "--password-file /run/secrets/policyc --tls-cert tls.crt --tls-key tls.key"),
+    "approvals": "policyc approvals --dsn 'host=db dbname=clinic user=alice' --watch",
+    "approve": "policyc approve 42 --reason 'month-end billing run, ticket OPS-1234'",
+    "deny": "policyc deny 42 --reason 'not during business hours'",
+    "replay": "policyc replay 9b2f3c1e-0d4e-4c3a-9a57-2f1d8f0c6b11 --verify",
+    "audit": "policyc audit verify --dsn 'host=db dbname=clinic user=auditor'",
+    "token": "policyc token examples/clinic/policy.yaml --sub agent-7 --groups billing-agents "
+             "--claim clinic_id=1",
+    "runtime": "policyc runtime render \"$(pg_config --sharedir)/extension\"",
+}
+
+DSN_HELP = ("libpq connection string, key=value pairs or a postgresql:// URI (default: the "
+            "PG* environment variables)")
+POLICY_HELP = "the policy file (YAML; see examples/clinic/policy.yaml)"
+
+
+def _nested(sub: Any, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand of a subcommand (``audit verify``): its help starts with what it does."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary,
+                                                     formatter_class=_Help)
+    return parser
+
+
+def _command(sub: Any, name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose help starts with what it does and ends with an example."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=kwargs.pop("description", summary),
+        epilog=f"example:\n  {EXAMPLES[name]}", formatter_class=_Help, **kwargs)
+    return parser
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written (each option's help says its default)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="policyc", description=ABOUT, epilog=WORKFLOW, formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"policyc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="COMMAND")
+
+    check = _command(sub, "check", "validate a policy file and report every problem")
+    check.add_argument("policy", help=POLICY_HELP)
     check.set_defaults(func=cmd_check)
 
-    plan = sub.add_parser("plan", help="show what apply would change in the database")
-    plan.add_argument("policy")
-    plan.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    plan = _command(sub, "plan", "show what apply would change in the database (read only; "
+                    "HAZARD marks changes that widen access, drift marks hand edits)")
+    plan.add_argument("policy", help=POLICY_HELP)
+    plan.add_argument("--dsn", help=DSN_HELP)
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument("--check", action="store_true",
                       help="exit 2 when there are pending changes or drift")
     plan.add_argument("--no-sql", action="store_true", help="list changes without their SQL")
     plan.set_defaults(func=cmd_plan)
 
-    apply = sub.add_parser("apply", help="make the database match the policy (one transaction)")
-    apply.add_argument("policy")
-    apply.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    apply = _command(sub, "apply", "make the database match the policy (one transaction; a "
+                     "second run changes nothing)")
+    apply.add_argument("policy", help=POLICY_HELP)
+    apply.add_argument("--dsn", help=DSN_HELP)
     apply.add_argument("--json", action="store_true", help="machine-readable output")
     apply.set_defaults(func=cmd_apply)
 
-    proxy = sub.add_parser("proxy", help="run the audited PostgreSQL proxy")
-    proxy.add_argument("policy")
+    proxy = _command(sub, "proxy", "run the audited PostgreSQL proxy agents connect to")
+    proxy.add_argument("policy", help=POLICY_HELP)
     proxy.add_argument("--listen", default="127.0.0.1:6432", type=_listen, metavar="HOST:PORT",
                        help="where agents connect (default 127.0.0.1:6432, loopback only; "
                             "e.g. 0.0.0.0:6432 for every IPv4 interface)")
@@ -306,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "/var/lib/policyc/spool/DB-HOST-PORT, else $XDG_STATE_HOME (or "
                        "~/.local/state)/policyc/spool/DB-HOST-PORT; see docs/spool.md)")
     proxy.add_argument("--max-message-bytes", type=int, default=64 << 20,
-                       help="largest protocol message accepted from a client")
+                       help="largest protocol message accepted from a client, in bytes "
+                       "(default 67108864)")
     proxy.add_argument("--max-connections", type=_count, default=1000, metavar="N",
                        help="client connections at once, logged in or not (default 1000; "
                        "0: no cap); more are refused with 53300 (docs/limits.md)")
@@ -322,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--login-timeout", type=float, default=30.0, metavar="SECONDS",
                        help="from connect to a verified token, whatever the client does "
                        "(default 30)")
-    proxy.add_argument("--name", default="policyc-proxy", help="this proxy's name in the audit")
+    proxy.add_argument("--name", default="policyc-proxy",
+                       help="this proxy's name in the audit (default policyc-proxy; one per "
+                       "instance when several share a database)")
     proxy.add_argument("--checkpoint-interval", type=float, default=60.0, metavar="SECONDS",
                        help="seal the audit trail this often (audit.checkpoint(); default 60, "
                        "0: only at shutdown)")
@@ -332,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "dies (default 1: one process, no supervisor; docs/deployment.md)")
     proxy.set_defaults(func=cmd_proxy)
 
-    approvals = sub.add_parser("approvals", help="list held statements waiting for a decision")
-    approvals.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    approvals = _command(sub, "approvals", "list held statements waiting for a decision")
+    approvals.add_argument("--dsn", help=DSN_HELP)
     approvals.add_argument("--json", action="store_true", help="one JSON object per line")
     approvals.add_argument("--all", action="store_true", help="include decided requests")
     approvals.add_argument("--watch", action="store_true",
@@ -343,27 +409,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     for verb, func in (("approve", _lazy("approvals", "cmd_approve")),
                        ("deny", _lazy("approvals", "cmd_deny"))):
-        decide = sub.add_parser(verb, help=f"{verb} a held statement (approver roles only)")
+        decide = _command(sub, verb, f"{verb} a held statement (approver roles only)")
         decide.add_argument("id", type=int, help="the request id (see policyc approvals)")
         decide.add_argument("--reason", required=True, help="why (kept in audit.approvals)")
-        decide.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+        decide.add_argument("--dsn", help=DSN_HELP)
         decide.set_defaults(func=func)
 
-    replay = sub.add_parser("replay", help="print a recorded session as a transcript "
-                            "(exit 1 when --verify finds a mismatch, 69 database unreachable)")
+    replay = _command(sub, "replay", "print a recorded session as a transcript (exit 1 when "
+                      "--verify finds a mismatch, 69 database unreachable)")
     replay.add_argument("session_id", help="the session id (audit.sessions.session_id)")
-    replay.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    replay.add_argument("--dsn", help=DSN_HELP)
     replay.add_argument("--json", action="store_true", help="one JSON document")
     replay.add_argument("--verify", action="store_true",
                         help="recompute kept results' digests and check the seqs are contiguous")
     replay.set_defaults(func=_lazy("replay", "cmd_replay"))
 
-    audit = sub.add_parser("audit", help="verify, seal, sign and prune the audit trail")
+    audit = _command(sub, "audit", "verify, seal, sign and prune the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
 
-    verify_p = audit_sub.add_parser(
-        "verify", help="check the hash chains, seals and partitions (exit 1 when broken)")
-    verify_p.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    verify_p = _nested(audit_sub, "verify",
+                       "check the hash chains, seals and partitions (exit 1 when broken)")
+    verify_p.add_argument("--dsn", help=DSN_HELP)
     verify_p.add_argument("--since", type=_timestamp,
                           help="only chains with records or seals from this time on, each "
                           "checked whole (ISO 8601)")
@@ -374,22 +440,22 @@ def build_parser() -> argparse.ArgumentParser:
     verify_p.add_argument("--limit", type=int, default=20, help="problems to print (default 20)")
     verify_p.set_defaults(func=_lazy("audittrail", "cmd_verify"))
 
-    checkpoint_p = audit_sub.add_parser(
-        "checkpoint", help="seal new records now; with --sign, export the seal signed")
-    checkpoint_p.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    checkpoint_p = _nested(audit_sub, "checkpoint",
+                           "seal new records now; with --sign, export the seal signed")
+    checkpoint_p.add_argument("--dsn", help=DSN_HELP)
     checkpoint_p.add_argument("--sign", metavar="KEY",
                               help="Ed25519 private key (PEM) to sign with")
     checkpoint_p.add_argument("--out", help="write the signed export here (default: stdout)")
     checkpoint_p.add_argument("--json", action="store_true", help="machine-readable output")
     checkpoint_p.set_defaults(func=_lazy("audittrail", "cmd_checkpoint"))
 
-    keygen_p = audit_sub.add_parser("keygen", help="create an Ed25519 key to sign checkpoints")
+    keygen_p = _nested(audit_sub, "keygen", "create an Ed25519 key to sign checkpoints")
     keygen_p.add_argument("path", help="where to write the private key (PEM, mode 0600)")
     keygen_p.set_defaults(func=_lazy("audittrail", "cmd_keygen"))
 
-    prune_p = audit_sub.add_parser(
-        "prune", help="drop whole monthly partitions older than the retention, and record it")
-    prune_p.add_argument("--dsn", help="libpq connection string (default: PG* environment)")
+    prune_p = _nested(audit_sub, "prune",
+                      "drop whole monthly partitions older than the retention, and record it")
+    prune_p.add_argument("--dsn", help=DSN_HELP)
     prune_p.add_argument("--policy", help="take the retention from this policy's audit section")
     prune_p.add_argument("--retention", help="e.g. 6y (default: the policy's, else 6y)")
     prune_p.add_argument("--dry-run", action="store_true", help="list what would be dropped")
@@ -397,19 +463,23 @@ def build_parser() -> argparse.ArgumentParser:
     prune_p.add_argument("--json", action="store_true", help="machine-readable output")
     prune_p.set_defaults(func=_lazy("audittrail", "cmd_prune"))
 
-    token = sub.add_parser("token", help="mint a development token (NOT for production)")
-    token.add_argument("policy")
+    token = _command(sub, "token", "mint a development token (NOT for production)")
+    token.add_argument("policy", help=POLICY_HELP)
     token.add_argument("--sub", required=True, help="the agent's name (subject)")
-    token.add_argument("--groups", default="", help="comma-separated OIDC groups")
+    token.add_argument("--groups", default="",
+                       help="comma-separated OIDC groups (default: none)")
     token.add_argument("--claim", action="append", default=[], help="extra claim NAME=VALUE")
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
-    token.add_argument("--key", help="signing key (default: dev-signing-key.pem beside the JWKS)")
+    token.add_argument("--ttl", type=int, default=3600,
+                       help="lifetime in seconds (default 3600)")
+    token.add_argument("--key",
+                       help="signing key (PEM; default: dev-signing-key.pem beside the JWKS)")
     token.set_defaults(func=cmd_token)
 
-    rt = sub.add_parser("runtime", help="the runtime extension files")
+    rt = _command(sub, "runtime", "the runtime extension files")
     rt_sub = rt.add_subparsers(dest="runtime_command", required=True, parser_class=_Parser)
-    render = rt_sub.add_parser("render", help="write policyc.control and scripts into DIRECTORY")
-    render.add_argument("directory")
+    render = _nested(rt_sub, "render", "write policyc.control and scripts into DIRECTORY")
+    render.add_argument("directory",
+                        help="where to write them, e.g. the server's sharedir/extension")
     render.set_defaults(func=cmd_runtime_render)
     return parser
 
