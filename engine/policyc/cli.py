@@ -160,6 +160,10 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
     from policyc.proxy.workers import Supervisor, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.policy:
+        print("policyc proxy: give the policy file (or `policy = \"...\"` in --config)",
+              file=sys.stderr)
+        return EXIT_USAGE
     policy = _load(args.policy)
     host, port = args.listen
     upstream = parse_upstream(args.upstream or "", password_file=args.password_file,
@@ -350,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     apply.set_defaults(func=cmd_apply)
 
     proxy = _command(sub, "proxy", "run the audited PostgreSQL proxy agents connect to")
-    proxy.add_argument("policy", help=POLICY_HELP)
+    proxy.add_argument("policy", nargs="?", help=POLICY_HELP + " (or policy = in --config)")
+    proxy.add_argument("--config", metavar="FILE",
+                       help="a TOML file with any of these options (keys: their long names, "
+                       "e.g. max_connections = 500); the command line wins over it; no "
+                       "secrets in it (docs/deployment.md)")
     proxy.add_argument("--listen", default="127.0.0.1:6432", type=_listen, metavar="HOST:PORT",
                        help="where agents connect (default 127.0.0.1:6432, loopback only; "
                             "e.g. 0.0.0.0:6432 for every IPv4 interface)")
@@ -484,13 +492,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:  # argparse keeps no public map of its subcommands
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise LookupError(name)
+
+
+def _with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                      argv: Sequence[str] | None) -> argparse.Namespace:
+    """``args`` parsed again with ``--config``'s settings as defaults: the command line wins."""
+    from policyc import proxyfile
+
+    command = _subcommand(parser, args.command)
+    command.set_defaults(**proxyfile.read(Path(args.config), command))
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "config", None):
+            args = _with_config_file(parser, args, argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    except PolicycError as exc:  # a configuration file that cannot be used
+        print(f"policyc {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         return int(args.func(args, out))
     except PolicycError as exc:
