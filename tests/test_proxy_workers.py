@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +19,11 @@ import psycopg
 import pytest
 
 from conftest import Database, clinic_policy
-from policyc.devcluster import free_port
 from policyc.proxy.config import ProxyConfig, parse_upstream
 from policyc.proxy.workers import worker_config, worker_spool
 from proxyharness import wait_for
 from test_spool_ownership import POLICY, agent_dsn, billing_token, recorded, spooled_texts
+from workerharness import supervise, workers_of
 
 WORKERS = 2
 
@@ -34,15 +33,19 @@ def test_each_worker_has_its_own_spool_and_name_and_shares_the_port(tmp_path: Pa
     base = ProxyConfig(policy=clinic_policy("clinic"),
                        upstream=parse_upstream("host=db dbname=clinic"), listen_port=6432,
                        spool_dir=tmp_path / "spool", proxy_name="edge")
-    configs = [worker_config(base, k) for k in range(3)]
+    run = tmp_path / "run"
+    configs = [worker_config(base, k, count=3, cancel_dir=run) for k in range(3)]
     assert [c.spool_dir for c in configs] == [
         tmp_path / "spool", tmp_path / "spool" / "worker-1", tmp_path / "spool" / "worker-2"]
     assert [c.proxy_name for c in configs] == ["edge-0", "edge-1", "edge-2"]
     assert all(c.reuse_port and c.listen_port == 6432 for c in configs)
-    assert not base.reuse_port
+    assert [(c.worker_index, c.workers, c.cancel_dir) for c in configs] == [
+        (0, 3, run), (1, 3, run), (2, 3, run)]
+    assert not base.reuse_port and base.workers == 1 and base.cancel_dir is None
     assert worker_spool(tmp_path, 0) == tmp_path  # --workers 1 and worker 0: one spool
     default = dataclasses.replace(base, spool_dir=None)
-    assert worker_config(default, 1).spool_dir == default.spool_path() / "worker-1"
+    assert worker_config(default, 1, count=2, cancel_dir=run).spool_dir == \
+        default.spool_path() / "worker-1"
 
 
 def test_workers_need_a_fixed_port_and_a_positive_count() -> None:
@@ -56,54 +59,13 @@ def test_workers_need_a_fixed_port_and_a_positive_count() -> None:
 
 
 # --- a real supervisor -----------------------------------------------------------------------
-def _workers_of(supervisor: int) -> dict[int, Path]:
-    """The supervisor's worker processes now, each with the spool whose lock it holds."""
-    found: dict[int, Path] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-            if ppid != supervisor:
-                continue
-            for fd in os.listdir(f"/proc/{entry}/fd"):
-                target = os.readlink(f"/proc/{entry}/fd/{fd}")
-                if target.endswith("/spool.lock"):
-                    found[int(entry)] = Path(target).parent
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return found
-
-
 @pytest.fixture
 def supervised(applied_clinic: Database, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str],
                                                                           int, Path]]:
-    spool = tmp_path / "spool"
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "policyc.cli", "proxy", str(POLICY), "--workers", str(WORKERS),
-         "--listen", f"127.0.0.1:{port}", "--upstream", applied_clinic.dsn_as("policyc_proxy"),
-         "--allow-plaintext-loopback", "--spool", str(spool), "--checkpoint-interval", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")),
-                              daemon=True)
-    reader.start()
-    try:
-        if not wait_for(lambda: sum("listening on" in line for line in output) >= WORKERS
-                        and len(_workers_of(proc.pid)) == WORKERS, timeout=60):
-            pytest.fail(f"the workers did not start: {output}")
-        assert output[0].startswith(f"policyc proxy: {WORKERS} workers on 127.0.0.1:{port}")
-        yield proc, port, spool
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with supervise(applied_clinic, tmp_path / "spool", WORKERS) as running:
+        assert running.output[0].startswith(
+            f"policyc proxy: {WORKERS} workers on 127.0.0.1:{running.port}")
+        yield running.proc, running.port, running.spool
 
 
 def _run(conn: psycopg.Connection[Any]) -> str:
@@ -128,14 +90,14 @@ def test_a_killed_worker_is_restarted_and_its_spool_delivered(
             for _ in range(3):
                 for i, conn in enumerate(clients):
                     answered[i].append(_run(conn))
-            workers = _workers_of(proc.pid)
+            workers = workers_of(proc.pid)
             spooled = {pid: "\n".join(spooled_texts(where)) for pid, where in workers.items()}
             on = {i: next(pid for pid, text in spooled.items() if markers[0] in text)
                   for i, markers in answered.items()}  # each client's worker, by its spool
             victim = on[0]
             victim_spool = workers[victim]
             os.kill(victim, signal.SIGKILL)
-            restarted = wait_for(lambda: len(now := _workers_of(proc.pid)) == WORKERS
+            restarted = wait_for(lambda: len(now := workers_of(proc.pid)) == WORKERS
                                  and victim not in now and now, timeout=60)
             assert restarted, "the supervisor did not restart the killed worker"
             assert victim_spool in restarted.values()
@@ -156,13 +118,13 @@ def test_a_killed_worker_is_restarted_and_its_spool_delivered(
             conn.close()
     assert proc.poll() is None
     spools = {worker_spool(spool, k) for k in range(WORKERS)}
-    assert set(_workers_of(proc.pid).values()) == spools
+    assert set(workers_of(proc.pid).values()) == spools
 
 
 def test_sigterm_to_the_supervisor_stops_every_worker(
         supervised: tuple[subprocess.Popen[str], int, Path]) -> None:
     proc, port, _spool = supervised
-    workers = list(_workers_of(proc.pid))
+    workers = list(workers_of(proc.pid))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
     for pid in workers:

@@ -118,6 +118,11 @@ class ProxyConfig:
     # SO_REUSEPORT on the listening socket: several worker processes accept on one port
     # (``policyc proxy --workers N``, docs/deployment.md); Linux spreads connections among them
     reuse_port: bool = False
+    # this process is worker ``worker_index`` of ``workers``; with more than one, cancel
+    # requests pass between them through Unix sockets in ``cancel_dir`` (policyc.proxy.cancels)
+    worker_index: int = 0
+    workers: int = 1
+    cancel_dir: Path | None = None
 
     def spool_path(self) -> Path:
         """``spool_dir``, else the default state directory of this upstream (docs/spool.md)."""

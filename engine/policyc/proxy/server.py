@@ -30,6 +30,7 @@ from policyc.errors import InternalError, PolicycError
 from policyc.identity import TokenVerifier, key_source_for
 from policyc.policy.model import Group
 from policyc.proxy.audit import AuditLog
+from policyc.proxy.cancels import CancelInbox, CancelRoutes, forward, new_proxy_pid
 from policyc.proxy.codec import CancelRequest, ProtocolViolation, error_response
 from policyc.proxy.config import ProxyConfig
 from policyc.proxy.holds import ApprovalBroker
@@ -101,6 +102,13 @@ class ProxyServer:
     _refused: Counter[str] = field(default_factory=Counter)
     _logins: Logins | None = None
     _reads: LoginReads | None = None
+    _routes: CancelRoutes | None = None  # with --workers N > 1: where each pid's cancels go
+    _inbox: CancelInbox | None = None
+
+    def __post_init__(self) -> None:
+        config = self.config
+        if config.workers > 1 and config.cancel_dir is not None:
+            self._routes = CancelRoutes(config.worker_index, config.workers, config.cancel_dir)
 
     async def start(self) -> None:
         policy = self.config.policy
@@ -127,6 +135,13 @@ class ProxyServer:
         self._reads = LoginReads(self.config.upstream.conninfo())
         self._logins = Logins(self.config, self.audit, self.verifier, self._reads)
         self._ssl = self.config.server_ssl_context()
+        if self._routes is not None:  # the siblings' forwarded cancels, before any session
+            self._inbox = CancelInbox(self._routes, self._cancel_here)
+            try:
+                await self._inbox.start()
+            except BaseException:
+                await self.close()  # the audit log and the rest it opened, in order
+                raise
         try:
             self._server = await asyncio.start_server(
                 self._accept, self.config.listen_host, self.config.listen_port,
@@ -164,6 +179,8 @@ class ProxyServer:
             self._server.close()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
+        if self._inbox is not None:
+            await self._inbox.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -287,6 +304,21 @@ class ProxyServer:
             await self._serve(logged_in, reader, writer)
 
     async def _cancel(self, message: CancelRequest) -> None:
+        """A CancelRequest from the network: act on it here, or hand it to the worker that
+        issued its pid (policyc.proxy.cancels)."""
+        routes = self._routes
+        if routes is not None:
+            owner = routes.owner(message.pid)
+            if owner is None:
+                return  # a pid no worker issues
+            if owner != routes.index:
+                await forward(routes, owner, message)
+                return
+        await self._cancel_here(message)
+
+    async def _cancel_here(self, message: CancelRequest) -> None:
+        """A CancelRequest for a session of this process (from the network or, forwarded, from
+        a sibling worker: untrusted alike)."""
         live = self.sessions.get(message.pid)
         if live is None or not hmac.compare_digest(live.key, message.key):
             return  # as PostgreSQL: no answer, no hint whether the key was right
@@ -321,10 +353,12 @@ class ProxyServer:
             self.sessions.pop(proxy_pid, None)
 
     def _new_pid(self) -> int:
-        while True:
-            pid = secrets.randbelow(2**31 - 2) + 1
-            if pid not in self.sessions:
-                return pid
+        """A random proxy pid for BackendKeyData, none of the live sessions'; with workers,
+        one that names this worker (``pid % workers == worker_index``)."""
+        routes = self._routes
+        if routes is None:
+            return new_proxy_pid(0, 1, self.sessions)
+        return new_proxy_pid(routes.index, routes.count, self.sessions)
 
 
 def _webhook(policy: Any) -> Any:

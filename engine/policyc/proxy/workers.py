@@ -8,6 +8,10 @@ configured spool directory itself (so ``--workers 1`` and worker 0 share one spo
 single process left there is recovered by worker 0), worker ``k`` uses ``<spool>/worker-<k>``.
 A spool is never shared: a worker holds its ``spool.lock`` for as long as it runs.
 
+A client's CancelRequest comes on a new connection that any worker may accept; the pids each
+worker hands out name it, and workers forward each other such requests through private Unix
+sockets in a directory the supervisor creates for the run (:mod:`policyc.proxy.cancels`).
+
 The supervisor starts the workers, restarts one that dies (the new process recovers the dead
 one's spool on start, as any proxy does after a crash: every record acknowledged before the
 death is delivered), and stops them all on SIGTERM or SIGINT.  A worker that dies again and
@@ -34,6 +38,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Final, TextIO
 
+from policyc.proxy.cancels import make_cancel_dir, remove_cancel_dir
 from policyc.proxy.config import ProxyConfig
 from policyc.proxy.server import ProxyServer
 
@@ -53,10 +58,13 @@ def worker_spool(base: Path, index: int) -> Path:
     return base if index == 0 else base / f"worker-{index}"
 
 
-def worker_config(config: ProxyConfig, index: int) -> ProxyConfig:
-    """Worker ``index``'s configuration: its own spool and name, the shared port."""
+def worker_config(config: ProxyConfig, index: int, *, count: int,
+                  cancel_dir: Path | None) -> ProxyConfig:
+    """Worker ``index`` of ``count``'s configuration: its own spool and name, the shared port,
+    and the directory of the workers' cancel sockets."""
     return replace(config, spool_dir=worker_spool(config.spool_path(), index),
-                   proxy_name=f"{config.proxy_name}-{index}", reuse_port=True)
+                   proxy_name=f"{config.proxy_name}-{index}", reuse_port=True,
+                   worker_index=index, workers=count, cancel_dir=cancel_dir)
 
 
 #: Allocations (net of frees) between two young-generation collections; CPython's default is
@@ -138,11 +146,15 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
+        self.cancel_dir: Path | None = None
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (exit 0) or a crash loop (exit 1)."""
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            # one private directory for the run: a restarted worker finds its siblings there
+            self.cancel_dir = make_cancel_dir(f"worker-{self.count - 1}.sock")
+            log.info("cancel requests pass between workers through %s", self.cancel_dir)
             for index in range(self.count):
                 self._start(index, quick_deaths=0)
             while not self._stopping:
@@ -157,6 +169,8 @@ class Supervisor:
             return 0
         finally:
             self._stop_all()
+            if self.cancel_dir is not None:
+                remove_cancel_dir(self.cancel_dir)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -169,7 +183,9 @@ class Supervisor:
 
     def _start(self, index: int, quick_deaths: int) -> None:
         process = self._context.Process(target=self._target,
-                                        args=(worker_config(self.config, index),),
+                                        args=(worker_config(self.config, index,
+                                                            count=self.count,
+                                                            cancel_dir=self.cancel_dir),),
                                         name=f"policyc-proxy-worker-{index}")
         process.start()
         self._workers[index] = _Worker(index, process, time.monotonic(), quick_deaths)
