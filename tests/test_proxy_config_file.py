@@ -31,6 +31,8 @@ login_timeout = 12.5
 name = "proxy-a"
 checkpoint_interval = 30
 workers = 2
+log_format = "json"
+log-level = "warning"
 """
 
 
@@ -58,7 +60,8 @@ def test_every_option_has_a_key_and_reads_as_on_the_command_line(tmp_path: Path)
         "--max-message-bytes", "1048576", "--max-connections", "500",
         "--max-pending-logins", "32", "--max-sessions-per-agent", "4",
         "--max-password-bytes", "8192", "--login-timeout", "12.5", "--name", "proxy-a",
-        "--checkpoint-interval", "30", "--workers", "2"])
+        "--checkpoint-interval", "30", "--workers", "2", "--log-format", "json",
+        "--log-level", "warning"])
     assert {k: v for k, v in vars(from_file).items() if k != "config"} == {
         k: v for k, v in vars(from_line).items() if k != "config"}
     # and nothing the command line takes is missing from the file above
@@ -83,6 +86,7 @@ def test_the_command_line_wins(tmp_path: Path) -> None:
     ('listen = "localhost"\n', ":1: listen: 'localhost' is not HOST:PORT"),
     ('allow_plaintext_loopback = "yes"\n', ":1: allow_plaintext_loopback: true or false"),
     ('max_connections = [1]\n', ":1: max_connections: a string or a number"),
+    ('log_format = "xml"\n', ":1: log_format: 'xml' is not one of text, json"),
     ('name = "a"\nlisten = \n', ":2: not TOML"),
     ('upstream = "host=db password=hunter2"\n', ":1: upstream: holds a password"),
     ('upstream = "postgresql://svc:hunter2@db/clinic"\n', ":1: upstream: holds a password"),

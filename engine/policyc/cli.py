@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import psycopg
 
-from policyc import __version__, runtime
+from policyc import __version__, logs, runtime
 from policyc.connect import connect as connect_as
 from policyc.errors import PolicycError
 
@@ -154,12 +154,11 @@ def _count(text: str) -> int:
 
 
 def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
-    import logging
 
     from policyc.proxy.config import ProxyConfig, parse_upstream
     from policyc.proxy.workers import Supervisor, serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(args.log_format, args.log_level)
     if not args.policy:
         print("policyc proxy: give the policy file (or `policy = \"...\"` in --config)",
               file=sys.stderr)
@@ -179,6 +178,7 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
         max_connections=args.max_connections, max_pending_logins=args.max_pending_logins,
         max_sessions_per_agent=args.max_sessions_per_agent,
         max_password_bytes=args.max_password_bytes, login_timeout=args.login_timeout,
+        log_format=args.log_format, log_level=args.log_level,
     )
     if config.tls_cert is None and not config.allow_plaintext_loopback:
         print("policyc proxy: give --tls-cert/--tls-key (agents send tokens as passwords), or "
@@ -404,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="proxy processes accepting on one port with SO_REUSEPORT, each "
                        "with its own spool (<spool>/worker-K for K > 0), restarted when one "
                        "dies (default 1: one process, no supervisor; docs/deployment.md)")
+    proxy.add_argument("--log-format", choices=logs.FORMATS, default="text",
+                       help="text lines, or json: one object a line with stable event names "
+                       "(session_opened, login_refused, session_closed, ...), session id, "
+                       "agent and reason; never statement text, parameters or tokens "
+                       "(default text)")
+    proxy.add_argument("--log-level", choices=logs.LEVELS, default="info",
+                       help="the least important messages logged (default info)")
     proxy.set_defaults(func=cmd_proxy)
 
     approvals = _command(sub, "approvals", "list held statements waiting for a decision")

@@ -102,9 +102,13 @@ def _value(path: Path, text: str, key: str, action: argparse.Action, value: Any)
         return str((path.parent / value).resolve()) if value else value
     convert = action.type if callable(action.type) else str
     try:
-        return convert(str(value))
+        converted = convert(str(value))
     except (argparse.ArgumentTypeError, ValueError) as exc:
         raise _fail(path, text, key, str(exc) or f"not a valid value: {value!r}") from None
+    if action.choices is not None and converted not in action.choices:
+        choices = ", ".join(str(c) for c in action.choices)
+        raise _fail(path, text, key, f"{value!r} is not one of {choices}")
+    return converted
 
 
 def _no_password(path: Path, text: str, dsn: str) -> None:

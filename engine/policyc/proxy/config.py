@@ -123,6 +123,9 @@ class ProxyConfig:
     worker_index: int = 0
     workers: int = 1
     cancel_dir: Path | None = None
+    # how every process of the proxy logs (policyc.logs): "text" or "json", from "info" up
+    log_format: str = "text"
+    log_level: str = "info"
 
     def spool_path(self) -> Path:
         """``spool_dir``, else the default state directory of this upstream (docs/spool.md)."""

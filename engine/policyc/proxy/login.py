@@ -363,6 +363,11 @@ class Logins:
                                    "policyc: the audit trail is unavailable; try again later",
                                    AuditStorageFailure.sqlstate) from None
         except LoginRefused as refused:
+            log.warning("login refused: %s", refused.reason, extra={
+                "event": "login_refused", "reason": refused.reason,
+                "session_id": str(session_id), "client_addr": client_addr,
+                "agent": identity.subject if identity else None,
+                "group": group.name if group else None})
             await self.audit.refuse_session(SessionRecord(
                 outcome="refused", reason=refused.reason,
                 agent=identity.subject if identity else None,
@@ -371,5 +376,9 @@ class Logins:
             send_and_close(writer, error_response(refused.sqlstate, str(refused),
                                                   severity="FATAL"))
             return None
+        log.info("session opened: %s as %s", identity.subject, group.name, extra={
+            "event": "session_opened", "session_id": str(session_id),
+            "agent": identity.subject, "group": group.name, "client_addr": client_addr,
+            "tls": tls})
         return LoggedIn(session_id, identity, group, upstream, session_framer, rest, ceilings,
                         rows_left)

@@ -20,6 +20,7 @@ import hmac
 import logging
 import os
 import secrets
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -347,10 +348,16 @@ class ProxyServer:
                           timeout_ceilings=login.ceilings, row_budget_left=login.rows_left)
         self.sessions[proxy_pid] = _Live(session, proxy_key, upstream.backend_pid,
                                          upstream.backend_key)
+        started = time.monotonic()
         try:
             await session.run(login.rest)
         finally:
             self.sessions.pop(proxy_pid, None)
+            log.info("session closed: %s", session.end_reason, extra={
+                "event": "session_closed", "session_id": str(login.session_id),
+                "agent": login.identity.subject, "group": login.group.name,
+                "end_reason": session.end_reason, "statements": session.state.seq,
+                "duration_ms": round((time.monotonic() - started) * 1000, 1)})
 
     def _new_pid(self) -> int:
         """A random proxy pid for BackendKeyData, none of the live sessions'; with workers,

@@ -38,6 +38,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Final, TextIO
 
+from policyc import logs
 from policyc.proxy.cancels import make_cancel_dir, remove_cancel_dir
 from policyc.proxy.config import ProxyConfig
 from policyc.proxy.server import ProxyServer
@@ -122,8 +123,7 @@ def _die_with_parent() -> None:
 
 def _worker_main(config: ProxyConfig) -> None:
     _die_with_parent()
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(config.log_format, config.log_level)
     serve(config, sys.stdout)
 
 
