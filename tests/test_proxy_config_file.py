@@ -33,6 +33,7 @@ checkpoint_interval = 30
 workers = 2
 log_format = "json"
 log-level = "warning"
+shutdown_timeout = 10
 """
 
 
@@ -61,7 +62,7 @@ def test_every_option_has_a_key_and_reads_as_on_the_command_line(tmp_path: Path)
         "--max-pending-logins", "32", "--max-sessions-per-agent", "4",
         "--max-password-bytes", "8192", "--login-timeout", "12.5", "--name", "proxy-a",
         "--checkpoint-interval", "30", "--workers", "2", "--log-format", "json",
-        "--log-level", "warning"])
+        "--log-level", "warning", "--shutdown-timeout", "10"])
     assert {k: v for k, v in vars(from_file).items() if k != "config"} == {
         k: v for k, v in vars(from_line).items() if k != "config"}
     # and nothing the command line takes is missing from the file above

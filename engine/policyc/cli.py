@@ -179,6 +179,7 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
         max_sessions_per_agent=args.max_sessions_per_agent,
         max_password_bytes=args.max_password_bytes, login_timeout=args.login_timeout,
         log_format=args.log_format, log_level=args.log_level,
+        shutdown_timeout=args.shutdown_timeout,
     )
     if config.tls_cert is None and not config.allow_plaintext_loopback:
         print("policyc proxy: give --tls-cert/--tls-key (agents send tokens as passwords), or "
@@ -404,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="proxy processes accepting on one port with SO_REUSEPORT, each "
                        "with its own spool (<spool>/worker-K for K > 0), restarted when one "
                        "dies (default 1: one process, no supervisor; docs/deployment.md)")
+    proxy.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="on SIGTERM or SIGINT, how long statements in flight may take "
+                       "before every session ends with 57P01 (default 30; a second signal "
+                       "ends them at once)")
     proxy.add_argument("--log-format", choices=logs.FORMATS, default="text",
                        help="text lines, or json: one object a line with stable event names "
                        "(session_opened, login_refused, session_closed, ...), session id, "

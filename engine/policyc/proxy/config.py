@@ -126,6 +126,8 @@ class ProxyConfig:
     # how every process of the proxy logs (policyc.logs): "text" or "json", from "info" up
     log_format: str = "text"
     log_level: str = "info"
+    # on SIGTERM, how long statements in flight may take before every session ends (57P01)
+    shutdown_timeout: float = 30.0
 
     def spool_path(self) -> Path:
         """``spool_dir``, else the default state directory of this upstream (docs/spool.md)."""

@@ -54,6 +54,11 @@ from policyc.proxy.upstream import send_cancel
 from policyc.webhook import WebhookNotifier
 
 log = logging.getLogger("policyc.proxy")
+
+#: Seconds between looks for sessions with nothing in flight while shutting down.
+SHUTDOWN_POLL = 0.05
+#: Seconds sessions told to end (57P01) get to end by themselves before they are cancelled.
+SHUTDOWN_SETTLE = 5.0
 CLIENT_READ_LIMIT = 128 << 10  # a client's StreamReader pauses its socket past twice this
 
 
@@ -174,6 +179,36 @@ class ProxyServer:
     async def serve_forever(self) -> None:
         assert self._server is not None
         await self._server.serve_forever()
+
+    async def shut_down(self, grace: float, at_once: asyncio.Event | None = None) -> None:
+        """Stop as an operator expects on SIGTERM: accept no more connections, end each
+        session with 57P01 once nothing of it is in flight (every session after ``grace``
+        seconds, or when ``at_once`` is set), then flush and drain the audit log (close)."""
+        if self._server is not None:
+            self._server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        last_call = None
+        while self.sessions:
+            hurry = loop.time() >= deadline or (at_once is not None and at_once.is_set())
+            if hurry:
+                # a statement still running is cancelled first: a backend does not notice its
+                # client is gone while it waits (for a lock, say), and one that finishes
+                # afterwards could still commit
+                running = [live for live in self.sessions.values()
+                           if live.session.busy and not live.session.stopping.is_set()]
+                await asyncio.gather(*(send_cancel(self.config.upstream, live.real_pid,
+                                                   live.real_key) for live in running),
+                                     return_exceptions=True)
+            for live in list(self.sessions.values()):
+                if hurry or not live.session.busy:
+                    live.session.shut_down()
+            if hurry:
+                last_call = last_call or loop.time() + SHUTDOWN_SETTLE
+                if loop.time() >= last_call:
+                    break  # sessions that do not end by now are cancelled by close()
+            await asyncio.sleep(SHUTDOWN_POLL)
+        await self.close()
 
     async def close(self) -> None:
         if self._server is not None:

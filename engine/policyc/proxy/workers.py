@@ -98,12 +98,21 @@ def serve(config: ProxyConfig, out: TextIO) -> None:
         up = config.upstream
         print(f"policyc proxy: listening on {config.listen_host}:{server.port}, upstream "
               f"{up.host}:{up.port}/{up.dbname}", file=out, flush=True)
-        stop = asyncio.Event()
+        stop, at_once = asyncio.Event(), asyncio.Event()
+
+        def on_signal() -> None:  # the second SIGTERM or SIGINT: stop without waiting
+            (at_once if stop.is_set() else stop).set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await stop.wait()
-        await server.close()
+        log.info("shutting down: no new connections; sessions end with 57P01 once their "
+                 "statements are answered, within %.0f s (signal again: at once)",
+                 config.shutdown_timeout, extra={"event": "shutdown_started",
+                                                 "count": len(server.sessions)})
+        await server.shut_down(config.shutdown_timeout, at_once)
+        log.info("shut down", extra={"event": "shutdown_done"})
 
     try:
         import uvloop  # noqa: PLC0415 - optional
@@ -179,6 +188,11 @@ class Supervisor:
         return {i: w.process.pid for i, w in self._workers.items()}
 
     def _stop(self, signum: int, _frame: object) -> None:
+        if self._stopping:  # a second signal: the workers stop without waiting either
+            for worker in self._workers.values():
+                if worker.process.is_alive() and worker.process.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.process.pid, signal.SIGTERM)
         self._stopping = True
 
     def _start(self, index: int, quick_deaths: int) -> None:
@@ -217,17 +231,19 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         """SIGTERM every worker (each closes its sessions and flushes its audit log), then
-        SIGKILL whoever is still there after :data:`STOP_GRACE_SECONDS`."""
+        SIGKILL whoever is still there after their shutdown timeout and
+        :data:`STOP_GRACE_SECONDS` more."""
         for worker in self._workers.values():
             if worker.process.is_alive() and worker.process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        grace = self.config.shutdown_timeout + STOP_GRACE_SECONDS
+        deadline = time.monotonic() + grace
         for worker in self._workers.values():
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 log.error("worker %d did not stop in %.0f s: killing it", worker.index,
-                          STOP_GRACE_SECONDS)
+                          grace)
                 worker.process.kill()
                 worker.process.join(5)
         self._workers.clear()

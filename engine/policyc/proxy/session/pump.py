@@ -68,6 +68,8 @@ class Session:
     desk: HoldDesk = field(init=False)
     frontend: Frontend = field(init=False)
     inbox: ClientInbox = field(init=False)
+    # set by shut_down(): the proxy is stopping and ends this session
+    stopping: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         state = self.state = SessionState(
@@ -92,6 +94,25 @@ class Session:
     def cancel_hold(self) -> bool:
         """A CancelRequest with this session's key: see :meth:`HoldDesk.cancel_hold`."""
         return self.desk.cancel_hold()
+
+    @property
+    def busy(self) -> bool:
+        """A statement (or a batch of them) is on its way to the database, or its answer on
+        its way back; a statement held for approval is not (it waits for a human)."""
+        return bool(self.state.expected) or self.state.unsynced
+
+    def shut_down(self) -> None:
+        """End the session because the proxy stops: FATAL 57P01 to the client, as PostgreSQL
+        says it when it shuts down; closing the database session rolls back an open
+        transaction and ends a statement still running."""
+        if self.stopping.is_set():
+            return
+        self.state.end_reason = "the proxy shut down"
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.client_writer.write(error_response(
+                AdminShutdown.sqlstate, "policyc: terminating connection because the proxy is "
+                "shutting down; reconnect", severity="FATAL"))
+        self.stopping.set()
 
     # ---- the pumps -------------------------------------------------------------------
 
@@ -149,11 +170,12 @@ class Session:
         client = asyncio.create_task(self.client_pump(first_client_bytes))
         server = asyncio.create_task(self.server_pump())
         broken = self.gate.broken()
+        stopping = asyncio.create_task(self.stopping.wait())
         try:
-            done, pending = await asyncio.wait({client, server, broken},
-                                               return_when=asyncio.FIRST_COMPLETED)
-            pending.discard(broken)
-            done.discard(broken)
+            waiters: set[asyncio.Future[Any]] = {client, server, broken, stopping}
+            done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            pending -= {broken, stopping}
+            done -= {broken, stopping}
             for task in pending:
                 task.cancel()
             errors = [task.exception() for task in done]
@@ -181,8 +203,13 @@ class Session:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         finally:
-            if not broken.done():
-                broken.cancel()
+            for waiter in (broken, stopping):
+                if not waiter.done():
+                    waiter.cancel()
+            for pump in (client, server):  # when run() itself is cancelled (the proxy closes)
+                if not pump.done():
+                    pump.cancel()
+                pump.add_done_callback(_retrieved)
             for expect in state.expected:
                 self.router.finish(expect, note=f"session ended: {state.end_reason}")
             state.expected.clear()
@@ -196,3 +223,10 @@ class Session:
                     writer.close()
                 except (ConnectionError, RuntimeError):
                     pass
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Take a finished pump's outcome, so a pump that ended after the session did (its
+    socket closed under it) is not reported as an exception nobody retrieved."""
+    if not task.cancelled():
+        task.exception()
