@@ -87,7 +87,7 @@ SMOKE = replace(QUICK, label="smoke", duration=1, reps=1, clients=(1,), patients
 def data_path(cluster: Cluster, workdir: Path) -> Iterator[tuple[int, int, int]]:
     """PgBouncer and the proxy in front of ``clinic``; yields their ports and the proxy's pid."""
     with services.pgbouncer(workdir / "pgbouncer", cluster.port, "clinic",
-                            ["research", "clinician"],
+                            ["research", "clinician", "billing"],
                             "SELECT bench_identity.register_self()") as bouncer, \
             services.proxy(POLICY, cluster.dsn("clinic", user="policyc_proxy"),
                            workdir / "proxy") as (proxy, pid):
@@ -114,8 +114,10 @@ def run(settings: Settings, outdir: Path) -> dict[str, Any]:
         "settings": asdict(settings), "cluster_settings": CLUSTER_SETTINGS,
         "load_average_start": list(os.getloadavg()),
     }
-    # patients of clinic 2 (the clinician agent's claim): ids 2, 5, 8, ...
-    defines = {"patients": settings.patients, "clinic2_patients": (settings.patients + 1) // 3}
+    # patients of clinic 1 (the billing agent's claim): ids 1, 4, 7, ...; of clinic 2 (the
+    # clinician agent's): ids 2, 5, 8, ...
+    defines = {"patients": settings.patients, "clinic1_patients": (settings.patients + 2) // 3,
+               "clinic2_patients": (settings.patients + 1) // 3}
     with tempfile.TemporaryDirectory(prefix="policyc-bench-") as tmp, \
             throwaway_cluster(CLUSTER_SETTINGS) as cluster:
         work = Path(tmp)

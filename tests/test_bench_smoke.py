@@ -49,7 +49,7 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
 
     configs = data["datapath"]["configs"]
     assert {(c["workload"], c["mode"]) for c in configs} == {
-        (w, m) for w in ("select_pk", "mixed_rw") for m in ("simple", "prepared")}
+        (w, m) for w in ("select_pk", "mixed_rw", "billing_rw") for m in ("simple", "prepared")}
     for cfg in configs:
         assert set(cfg["paths"]) == {"direct", "pgbouncer", "proxy"}
         for path in cfg["paths"].values():
@@ -70,7 +70,7 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
     assert (apply["tables"], apply["groups"]) == (10, 2)
     assert _positive(apply["first_apply_s"]["median"])
     assert _positive(apply["noop_reapply_s"]["median"])
-    for name in ("select_pk", "mixed_rw"):
+    for name in ("select_pk", "mixed_rw", "billing_rw"):
         assert data["profile"]["proxy"][name]["top_own"]
     assert data["profile"]["apply"]["top_cumulative"]
 
