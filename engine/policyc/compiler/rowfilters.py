@@ -81,11 +81,11 @@ def _from_names(items: Any) -> set[str]:
         if isinstance(item, ast.JoinExpr):
             names |= _from_names((item.larg, item.rarg))
             if item.alias is not None:
-                names.add(item.alias.aliasname)
+                names.add(str(item.alias.aliasname))
         elif isinstance(item, ast.RangeVar):
-            names.add(item.alias.aliasname if item.alias is not None else item.relname)
+            names.add(str(item.alias.aliasname if item.alias is not None else item.relname))
         elif getattr(item, "alias", None) is not None:
-            names.add(item.alias.aliasname)
+            names.add(str(item.alias.aliasname))
     return names
 
 
@@ -116,9 +116,10 @@ def _as_exists(sublink: Any, table: str) -> ast.SubLink | None:
     if select.op not in (None, SetOperation.SETOP_NONE) or any(
             getattr(select, key, None) for key in _PLAIN_SELECT_EMPTY):
         return None
-    targets = select.targetList or ()
-    if len(targets) != 1 or not isinstance(targets[0].val, ast.ColumnRef) or isinstance(
-            targets[0].val.fields[-1], ast.A_Star):
+    targets: tuple[Any, ...] = select.targetList or ()
+    fields: tuple[Any, ...] = getattr(targets[0].val, "fields", None) or () if targets else ()
+    if len(targets) != 1 or not isinstance(targets[0].val, ast.ColumnRef) or not fields \
+            or isinstance(fields[-1], ast.A_Star):
         return None
     if not select.fromClause or table in _from_names(select.fromClause):
         return None  # the subquery would hide the filtered table's name
@@ -139,7 +140,7 @@ def _probes(node: Any, table: str) -> Any:
     if isinstance(node, ast.BoolExpr) and node.boolop in (BoolExprType.AND_EXPR,
                                                            BoolExprType.OR_EXPR):
         return ast.BoolExpr(boolop=node.boolop,
-                            args=tuple(_probes(arg, table) for arg in node.args))
+                            args=tuple(_probes(arg, table) for arg in node.args or ()))
     if isinstance(node, ast.SubLink):
         return _as_exists(node, table) or node
     return node
