@@ -26,7 +26,8 @@ CLINIC = ROOT / "examples" / "clinic"
 POLICY = CLINIC / "policy.yaml"
 AGENT = "bench-agent"
 OIDC = {"research": ("research-agents", []),
-        "clinician": ("clinician-agents", ["clinic_id=2"])}
+        "clinician": ("clinician-agents", ["clinic_id=2"]),
+        "billing": ("billing-agents", ["clinic_id=1"])}
 
 # Production-like: every commit fsynced (never FAST_TEST_SETTINGS here).
 CLUSTER_SETTINGS = {

@@ -47,6 +47,11 @@ WORKLOADS = (
              "BEGIN; SELECT a patient of clinic 2; INSERT a visit; UPDATE its notes; END "
              "(clinician, clinic_id=2: row filters on patients and visits, masked SSN/ZIP, "
              "PL/Python audit trigger hashing the PHI of visits)"),
+    Workload("billing_rw", HERE / "billing_rw.sql", "billing", 5,
+             "BEGIN; SELECT a patient of clinic 1 with a visit; INSERT a claim for it; UPDATE "
+             "the claim's status; END (billing, clinic_id=1: row filters on patients and visits, "
+             "claims filtered through subqueries on both, checked on INSERT and UPDATE; masked "
+             "name, hashed SSN; audit trigger on claims)"),
 )
 
 

@@ -7,7 +7,9 @@ durable spool record before every statement) run in front of it.  Then, in order
 1. pgbench through direct / PgBouncer / proxy (bench/datapath.py);
 2. the proxy under cProfile for a short pgbench run (bench/hotpath.py);
 3. masking views and audit triggers in a scratch copy of the database (bench/dbcost.py);
-4. compile/apply of a generated large policy on fresh clusters (bench/applycost.py);
+4. billing's write path with row filters on policyc.claim() vs literals, on a cluster of its
+   own (bench/rowfilters.py);
+5. compile/apply of a generated large policy on fresh clusters (bench/applycost.py);
 
 and writes RESULTS.md and results.json (bench/report.py) into ``--out`` (default: bench/).
 Every process started here is stopped on the way out, failures included.
@@ -41,6 +43,7 @@ import dbcost  # noqa: E402
 import floor  # noqa: E402
 import hotpath  # noqa: E402
 import report  # noqa: E402
+import rowfilters  # noqa: E402
 import scaling  # noqa: E402
 import services  # noqa: E402
 from common import (  # noqa: E402
@@ -72,22 +75,26 @@ class Settings:
     apply_reps: int
     noops: int
     profile_seconds: float
+    filter_rounds: int  # row filters, claim vs literal: rounds of both variants
+    filter_transactions: int  # timed write paths per variant and round
 
 
 FULL = Settings(label="full", duration=5, reps=3, clients=(1, 4, 16),
                 modes=("simple", "prepared"), patients=3000, rows=100_000, mask_runs=7,
-                tables=300, groups=30, apply_reps=3, noops=2, profile_seconds=5)
+                tables=300, groups=30, apply_reps=3, noops=2, profile_seconds=5,
+                filter_rounds=3, filter_transactions=300)
 QUICK = replace(FULL, label="quick", duration=2, reps=2, mask_runs=3, apply_reps=1,
-                profile_seconds=2)
+                profile_seconds=2, filter_rounds=2, filter_transactions=150)
 SMOKE = replace(QUICK, label="smoke", duration=1, reps=1, clients=(1,), patients=300,
-                rows=1000, mask_runs=1, tables=10, groups=2, noops=1, profile_seconds=1)
+                rows=1000, mask_runs=1, tables=10, groups=2, noops=1, profile_seconds=1,
+                filter_rounds=1, filter_transactions=20)
 
 
 @contextlib.contextmanager
 def data_path(cluster: Cluster, workdir: Path) -> Iterator[tuple[int, int, int]]:
     """PgBouncer and the proxy in front of ``clinic``; yields their ports and the proxy's pid."""
     with services.pgbouncer(workdir / "pgbouncer", cluster.port, "clinic",
-                            ["research", "clinician"],
+                            ["research", "clinician", "billing"],
                             "SELECT bench_identity.register_self()") as bouncer, \
             services.proxy(POLICY, cluster.dsn("clinic", user="policyc_proxy"),
                            workdir / "proxy") as (proxy, pid):
@@ -114,8 +121,10 @@ def run(settings: Settings, outdir: Path) -> dict[str, Any]:
         "settings": asdict(settings), "cluster_settings": CLUSTER_SETTINGS,
         "load_average_start": list(os.getloadavg()),
     }
-    # patients of clinic 2 (the clinician agent's claim): ids 2, 5, 8, ...
-    defines = {"patients": settings.patients, "clinic2_patients": (settings.patients + 1) // 3}
+    # patients of clinic 1 (the billing agent's claim): ids 1, 4, 7, ...; of clinic 2 (the
+    # clinician agent's): ids 2, 5, 8, ...
+    defines = {"patients": settings.patients, "clinic1_patients": (settings.patients + 2) // 3,
+               "clinic2_patients": (settings.patients + 1) // 3}
     with tempfile.TemporaryDirectory(prefix="policyc-bench-") as tmp, \
             throwaway_cluster(CLUSTER_SETTINGS) as cluster:
         work = Path(tmp)
@@ -172,6 +181,10 @@ def run(settings: Settings, outdir: Path) -> dict[str, Any]:
                 lambda: dbcost.audit_trigger_cost(scratch, settings.rows, settings.reps, phi,
                                                   log))
 
+    section(results, "rowfilters",
+            "row filters: billing's write path with policyc.claim() vs a literal",
+            lambda: rowfilters.on_own_cluster(settings.patients, settings.filter_rounds,
+                                              settings.filter_transactions, log))
     with tempfile.TemporaryDirectory(prefix="policyc-bench-apply-") as tmp:
         section(results, "apply",
                 f"compile/apply: {settings.tables} tables x {settings.groups} groups",

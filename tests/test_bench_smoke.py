@@ -41,7 +41,8 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
 
     data = json.loads((tmp_path / "results.json").read_text())
     for key in ("date", "machine", "settings", "cluster_settings", "datapath", "profile",
-                "masking", "audit_trigger", "apply", "targets", "elapsed_s", "floor"):
+                "masking", "audit_trigger", "rowfilters", "apply", "targets", "elapsed_s",
+                "floor"):
         assert key in data, key
     assert 0 < data["floor"]["median_us"] <= data["floor"]["p99_us"]
     assert data["cluster_settings"]["fsync"] == "on"
@@ -49,7 +50,7 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
 
     configs = data["datapath"]["configs"]
     assert {(c["workload"], c["mode"]) for c in configs} == {
-        (w, m) for w in ("select_pk", "mixed_rw") for m in ("simple", "prepared")}
+        (w, m) for w in ("select_pk", "mixed_rw", "billing_rw") for m in ("simple", "prepared")}
     for cfg in configs:
         assert set(cfg["paths"]) == {"direct", "pgbouncer", "proxy"}
         for path in cfg["paths"].values():
@@ -70,14 +71,19 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
     assert (apply["tables"], apply["groups"]) == (10, 2)
     assert _positive(apply["first_apply_s"]["median"])
     assert _positive(apply["noop_reapply_s"]["median"])
-    for name in ("select_pk", "mixed_rw"):
+    for name in ("select_pk", "mixed_rw", "billing_rw"):
         assert data["profile"]["proxy"][name]["top_own"]
     assert data["profile"]["apply"]["top_cumulative"]
 
+    rowfilters = data["rowfilters"]
+    assert rowfilters["claim_calls_per_transaction"]["literal"] == 0
+    assert rowfilters["claim_calls_per_transaction"]["claim"] > 0
+    assert all(_positive(v) for ms in rowfilters["ms"].values() for v in ms.values())
     names = {t["name"] for t in data["targets"]}
     assert "no-op re-apply" in names and any("proxy/direct" in n for n in names)
     assert "audit trigger, one-row UPDATE: policyc / no audit" in names
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("## Machine and versions", "## Targets", "## Data path",
-                    "## Audit trigger", "## Masking views", "## Compile/apply", "## Profile"):
+                    "## Audit trigger", "## Masking views", "## Row filters", "## Compile/apply",
+                    "## Profile"):
         assert heading in text, heading

@@ -24,10 +24,12 @@ from policyc.compiler import (
     policy_tables,
     unmanaged_timeouts,
 )
+from policyc.compiler.filterreads import FilterReads, filter_reads
 from policyc.compiler.objects import FAMILIES, KIND_ORDER
 from policyc.errors import Problem
 from policyc.policy.model import ALL_COLUMNS, Columns, Policy, TableName
 from policyc.policy.rowfilter import filter_mentions
+from policyc.resources import sql_dir
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class Plan:
     changes: tuple[Change, ...]
     compiled: Compiled
     catalog: Catalog
-    # what the policy leaves open that the database shows (foreign keys): printed, never fatal
+    # what the policy leaves open or makes slow that the database shows (foreign keys, row
+    # filters that scan a large table or call a function per row): printed, never fatal
     warnings: tuple[Problem, ...] = ()
 
     @property
@@ -239,8 +242,8 @@ def make_plan(conn: psycopg.Connection[Any], policy: Policy) -> Plan:
             Change(key, entry.family, "drop", entry.drop_sql,
                    tuple(_drop_hazards(key, entry.semantic)))
         )
-    return Plan(tuple(_ordered(changes)), compiled, catalog,
-                warnings=foreign_key_warnings(policy, catalog))
+    warnings = foreign_key_warnings(policy, catalog) + row_filter_warnings(conn, policy)
+    return Plan(tuple(_ordered(changes)), compiled, catalog, warnings=tuple(sorted(warnings)))
 
 
 def _ordered(changes: list[Change]) -> list[Change]:
@@ -309,3 +312,82 @@ def foreign_key_warnings(policy: Policy, catalog: Catalog) -> tuple[Problem, ...
                     f"WHERE <its filter>)).",
                 ))
     return tuple(sorted(warnings))
+
+
+# Warnings: row filters that cost a scan or a call per row -----------------------------------
+
+LARGE_TABLE_ROWS = 10_000
+"""A table is large for :func:`row_filter_warnings` from this many rows (pg_class.reltuples,
+PostgreSQL's estimate as of the last ANALYZE or VACUUM; a table never analyzed counts as
+small).  Below it a scan costs about as much as an index probe."""
+
+
+def _filters(policy: Policy) -> list[tuple[str, TableName, FilterReads]]:
+    out = []
+    for group in policy.groups:
+        for table, expression in sorted(group.rows.items()):
+            reads = filter_reads(expression, table)
+            if reads is not None:
+                out.append((group.name, table, reads))
+    return out
+
+
+def row_filter_warnings(conn: psycopg.Connection[Any], policy: Policy) -> tuple[Problem, ...]:
+    """Row filters that cost every statement a scan or a function call per row (issue #14).
+
+    Row security checks a filter on every row a statement reads or writes, so a filter
+    (a) that searches a large table (:data:`LARGE_TABLE_ROWS`) only by columns no index leads
+    with makes every such statement scan that table, and (b) that calls a function per row
+    which could run once per statement (the compiler makes identity calls with constant
+    arguments, and a cast of one, InitPlans; nothing else) pays that call on every row.
+    Located at the filter in the policy; never fatal.
+    """
+    filters = _filters(policy)
+    if not filters:
+        return ()
+    tables = sorted({r.table for _, _, reads in filters for r in reads.relations})
+    names = sorted({c.function.rsplit(".", 1)[-1] for _, _, reads in filters
+                    for c in reads.calls if not c.identity_argument})
+    with without_jit(conn), conn.cursor() as cur:
+        cur.execute(_catalog_sql("filter_tables"),
+                    ([t.schema for t in tables], [t.name for t in tables]))
+        live = {TableName(s, n): (float(rows), set(leading))
+                for s, n, rows, leading in cur.fetchall()}
+        cur.execute(_catalog_sql("function_volatility"), (names,))
+        folded = {str(row[0]) for row in cur.fetchall()}
+    warnings: list[Problem] = []
+    for group, table, reads in filters:
+        where = policy.where(f"groups.{group}.rows.{table}")
+        seen: set[TableName] = set()
+        for relation in reads.relations:
+            rows, leading = live.get(relation.table, (-1.0, set()))
+            if (rows < LARGE_TABLE_ROWS or not relation.searched
+                    or relation.searched & leading or relation.table in seen):
+                continue
+            seen.add(relation.table)
+            columns = ", ".join(sorted(relation.searched))
+            warnings.append(Problem(where, (
+                f"the row filter of group {group} on {table} searches {relation.table} "
+                f"(about {rows:,.0f} rows) by {columns}, and no index of {relation.table} "
+                f"starts with {'it' if len(relation.searched) == 1 else 'any of them'}: every "
+                f"statement that checks the filter scans the table. Create one, e.g. "
+                f"CREATE INDEX ON {relation.table} ({sorted(relation.searched)[0]}).")))
+        for call in dict.fromkeys(reads.calls):
+            builtin = call.function.count(".") == 0 or call.function.startswith("pg_catalog.")
+            name = call.function.rsplit(".", 1)[-1]
+            if call.identity_argument:
+                why = ("its argument is read from the row, so it cannot run once per "
+                       "statement: name the claim with a constant")
+            elif call.of_identity or not builtin or name not in folded:
+                why = (f"its arguments are the same for every row: write (SELECT {call.text}) "
+                       "to have it run once per statement")
+            else:
+                continue  # immutable of constants: folded when planned
+            warnings.append(Problem(where, (
+                f"the row filter of group {group} on {table} calls {call.text} once for every "
+                f"row it checks; {why}.")))
+    return tuple(warnings)
+
+
+def _catalog_sql(name: str) -> bytes:
+    return (sql_dir() / "catalog" / f"{name}.sql").read_bytes()

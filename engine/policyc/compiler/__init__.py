@@ -225,7 +225,7 @@ def _view_filter(group: Group, table: Table) -> str | None:
     if text is None:
         return None
     try:
-        return policy_sql(text)
+        return policy_sql(text, table.name.name)
     except ValueError:
         return None
 
@@ -357,7 +357,7 @@ def _rls_object(
             continue
         filters.append(
             {"policy": f"policyc_{group.name}", "role": group.name, "expression": expression,
-             "sql": policy_sql(text), "group": group.name}
+             "sql": policy_sql(text, table.name.name), "group": group.name}
         )
     key = f"rls:{table.name}"
     previous = catalog.ledger.get(key)

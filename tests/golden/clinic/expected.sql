@@ -79,7 +79,7 @@ SELECT
     "claims"."status" AS "status",
     "claims"."created_at" AS "created_at"
   FROM "public"."claims"
- WHERE patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))) AND (visit_id IS NULL OR EXISTS (SELECT 1 FROM public.visits AS v WHERE v.id = claims.visit_id AND v.patient_id = claims.patient_id AND v.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))));
+ WHERE EXISTS (SELECT 1 FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)) AND claims.patient_id = p.id) AND (visit_id IS NULL OR EXISTS (SELECT 1 FROM public.visits AS v WHERE v.id = claims.visit_id AND v.patient_id = claims.patient_id AND v.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))));
 ALTER VIEW "billing"."claims" OWNER TO policyc_owner;
 REVOKE ALL ON "billing"."claims" FROM PUBLIC;
 GRANT SELECT ("id", "patient_id", "visit_id", "amount", "code", "status", "created_at") ON "billing"."claims" TO "billing";
@@ -152,7 +152,7 @@ SELECT
     "notes"."written_at" AS "written_at",
     "notes"."body" AS "body"
   FROM "public"."notes"
- WHERE patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)));
+ WHERE EXISTS (SELECT 1 FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)) AND notes.patient_id = p.id);
 ALTER VIEW "clinician"."notes" OWNER TO policyc_owner;
 REVOKE ALL ON "clinician"."notes" FROM PUBLIC;
 GRANT SELECT ("id", "patient_id", "author", "written_at", "body") ON "clinician"."notes" TO "clinician";
@@ -205,8 +205,8 @@ ALTER TABLE "public"."claims" ENABLE ROW LEVEL SECURITY;
 CREATE POLICY policyc_passthrough ON "public"."claims" AS PERMISSIVE FOR ALL TO PUBLIC
     USING (true) WITH CHECK (true);
 CREATE POLICY "policyc_billing" ON "public"."claims" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING ((SELECT CURRENT_USER) <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))) AND (visit_id IS NULL OR EXISTS (SELECT 1 FROM public.visits AS v WHERE v.id = claims.visit_id AND v.patient_id = claims.patient_id AND v.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))))
-    WITH CHECK ((SELECT CURRENT_USER) <> 'billing' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))) AND (visit_id IS NULL OR EXISTS (SELECT 1 FROM public.visits AS v WHERE v.id = claims.visit_id AND v.patient_id = claims.patient_id AND v.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))));
+    USING ((SELECT CURRENT_USER) <> 'billing' OR (EXISTS (SELECT 1 FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)) AND claims.patient_id = p.id) AND (visit_id IS NULL OR EXISTS (SELECT 1 FROM public.visits AS v WHERE v.id = claims.visit_id AND v.patient_id = claims.patient_id AND v.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))))
+    WITH CHECK ((SELECT CURRENT_USER) <> 'billing' OR (EXISTS (SELECT 1 FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)) AND claims.patient_id = p.id) AND (visit_id IS NULL OR EXISTS (SELECT 1 FROM public.visits AS v WHERE v.id = claims.visit_id AND v.patient_id = claims.patient_id AND v.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer))))));
 
 -- rls:public.notes
 DROP POLICY IF EXISTS "policyc_clinician" ON "public"."notes";
@@ -216,8 +216,8 @@ ALTER TABLE "public"."notes" ENABLE ROW LEVEL SECURITY;
 CREATE POLICY policyc_passthrough ON "public"."notes" AS PERMISSIVE FOR ALL TO PUBLIC
     USING (true) WITH CHECK (true);
 CREATE POLICY "policyc_clinician" ON "public"."notes" AS RESTRICTIVE FOR ALL TO policyc_owner
-    USING ((SELECT CURRENT_USER) <> 'clinician' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)))))
-    WITH CHECK ((SELECT CURRENT_USER) <> 'clinician' OR (patient_id IN (SELECT p.id FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)))));
+    USING ((SELECT CURRENT_USER) <> 'clinician' OR (EXISTS (SELECT 1 FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)) AND notes.patient_id = p.id)))
+    WITH CHECK ((SELECT CURRENT_USER) <> 'clinician' OR (EXISTS (SELECT 1 FROM public.patients AS p WHERE p.clinic_id = (SELECT CAST(policyc.claim('clinic_id') AS integer)) AND notes.patient_id = p.id)));
 
 -- rls:public.patients
 DROP POLICY IF EXISTS "policyc_billing" ON "public"."patients";
