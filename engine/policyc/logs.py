@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import sys
 from typing import Any, Final
 
 #: What a record may carry into a JSON line besides its event and message.
@@ -44,15 +45,23 @@ class JsonLines(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Standard error as it is when a record is written (it may be replaced after start)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure(log_format: str = "text", level: str = "info") -> None:
-    """Send every log record to standard error in ``log_format`` from ``level`` up (once per
-    process; a second call replaces the first)."""
+    """Send every log record to standard error in ``log_format`` from ``level`` up; a second
+    call replaces what the first installed (and nothing else)."""
     if log_format not in FORMATS or level not in LEVELS:
         raise ValueError(f"log format {log_format!r} / level {level!r}")
-    handler = logging.StreamHandler()
+    handler = _Stderr()
     handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if isinstance(h, _Stderr)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
