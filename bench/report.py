@@ -274,7 +274,8 @@ def markdown(results: dict[str, Any]) -> str:
     tlist = [Target(**{k: t[k] for k in ("name", "value", "unit")}, bound=t["target"],
                     at_least=t["at_least"]) for t in results["targets"]]
     met = sum(1 for t in tlist if t.met)
-    out += [f"## Targets (data path: issue #13; database: issue #14): {met} of {len(tlist)} met", ""]
+    out += [f"## Targets (data path: issue #13; database: issue #14): {met} of {len(tlist)} "
+            "met", ""]
     out += _table(["target", "measured", "goal", "", "missed by"], (_fmt_target(t) for t in tlist))
 
     out += ["What is left, by target: for the proxy, the floor below (one durable flush per "
