@@ -191,18 +191,19 @@ class ProxyServer:
         last_call = None
         while self.sessions:
             hurry = loop.time() >= deadline or (at_once is not None and at_once.is_set())
-            if hurry:
-                # a statement still running is cancelled first: a backend does not notice its
-                # client is gone while it waits (for a lock, say), and one that finishes
-                # afterwards could still commit
-                running = [live for live in self.sessions.values()
-                           if live.session.busy and not live.session.stopping.is_set()]
-                await asyncio.gather(*(send_cancel(self.config.upstream, live.real_pid,
-                                                   live.real_key) for live in running),
-                                     return_exceptions=True)
+            # a statement still running when time is up is cancelled: a backend does not
+            # notice its client is gone while it waits (for a lock, say), and one that
+            # finishes afterwards could still commit
+            running = [live for live in self.sessions.values() if hurry and
+                       live.session.busy and not live.session.stopping.is_set()]
             for live in list(self.sessions.values()):
                 if hurry or not live.session.busy:
                     live.session.shut_down()
+            # after the 57P01: the client's answer is the shutdown, never the error its
+            # cancelled statement (or the proxy's estimate of it) raises meanwhile
+            await asyncio.gather(*(send_cancel(self.config.upstream, live.real_pid,
+                                               live.real_key) for live in running),
+                                 return_exceptions=True)
             if hurry:
                 last_call = last_call or loop.time() + SHUTDOWN_SETTLE
                 if loop.time() >= last_call:
