@@ -165,6 +165,9 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
         max_password_bytes=args.max_password_bytes, login_timeout=args.login_timeout,
         log_format=args.log_format, log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
+        admin_host=args.admin[0] if args.admin else "127.0.0.1",
+        admin_port=args.admin[1] if args.admin else None,
+        metrics_agent_labels=args.metrics_agent_labels,
     )
     if config.tls_cert is None and not config.allow_plaintext_loopback:
         print("policyc proxy: give --tls-cert/--tls-key (agents send tokens as passwords), or "

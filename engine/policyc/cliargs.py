@@ -42,6 +42,18 @@ def _listen(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _admin(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` as for ``--listen``, or a bare ``PORT`` on loopback, for ``--admin``."""
+    if text.isdigit() and int(text) <= 65535:
+        return "127.0.0.1", int(text)
+    try:
+        return _listen(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT or PORT (e.g. 9187 for 127.0.0.1:9187, or "
+            "0.0.0.0:9187 for a scraper on another host)") from None
+
+
 def _workers(text: str) -> int:
     """A worker count: 1 or more."""
     value = int(text)
@@ -219,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default text)")
     proxy.add_argument("--log-level", choices=logs.LEVELS, default="info",
                        help="the least important messages logged (default info)")
+    proxy.add_argument("--admin", type=_admin, metavar="HOST:PORT",
+                       help="serve /live, /ready and /metrics (Prometheus) over HTTP here, "
+                       "e.g. 9187 for 127.0.0.1:9187 (default: off; with --workers N, "
+                       "worker K listens on PORT+K; docs/operations.md)")
+    proxy.add_argument("--metrics-agent-labels", action="store_true",
+                       help="label session and statement metrics with the agent's name (token "
+                       "subject); one series per agent, so off by default")
     proxy.set_defaults(func=_lazy("cli", "cmd_proxy"))
 
     approvals = _command(sub, "approvals", "list held statements waiting for a decision")
