@@ -11,6 +11,7 @@ found it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -199,6 +200,15 @@ class HoldDesk:
             asyncio.get_running_loop().create_future()
         try:
             done = await self.inbox.hold_until(decision, cancelled)
+        except asyncio.CancelledError:
+            # the session ends under the hold (the proxy shuts down): the request is closed,
+            # so no approver decides a statement that can no longer run
+            decision.cancel()
+            with contextlib.suppress(Exception):
+                await self.approvals.close_request(
+                    request_id, "cancelled", "the session ended while the statement was held "
+                    f"({self.state.end_reason})")
+            raise
         except ClientGone:
             decision.cancel()
             await self.approvals.close_request(request_id, "cancelled",
