@@ -140,6 +140,19 @@ def cmd_apply(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_service_password(args: argparse.Namespace, out: TextIO) -> int:
+    from policyc import servicepassword
+
+    policy = _load(args.policy)
+    password = servicepassword.read_password(args.password_file,
+                                             sys.stdin if args.password_stdin else None)
+    with (connect_as(args.dsn, "policyc service-password") as conn,
+          _privileged("service-password", servicepassword.WHY_SUPERUSER)):
+        rotation = servicepassword.rotate(conn, policy, password, dry_run=args.dry_run)
+    servicepassword.report(rotation, out)
+    return EXIT_OK
+
+
 def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
 
     from policyc.proxy.config import ProxyConfig, parse_upstream
