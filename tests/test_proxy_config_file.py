@@ -35,6 +35,8 @@ workers = 2
 log_format = "json"
 log-level = "warning"
 shutdown_timeout = 10
+admin = 9187
+metrics_agent_labels = true
 """
 
 
@@ -63,7 +65,8 @@ def test_every_option_has_a_key_and_reads_as_on_the_command_line(tmp_path: Path)
         "--max-pending-logins", "32", "--max-sessions-per-agent", "4",
         "--max-password-bytes", "8192", "--login-timeout", "12.5", "--name", "proxy-a",
         "--checkpoint-interval", "30", "--workers", "2", "--log-format", "json",
-        "--log-level", "warning", "--shutdown-timeout", "10"])
+        "--log-level", "warning", "--shutdown-timeout", "10", "--admin", "127.0.0.1:9187",
+        "--metrics-agent-labels"])
     assert {k: v for k, v in vars(from_file).items() if k not in ("config", "func")} == {
         k: v for k, v in vars(from_line).items() if k not in ("config", "func")}
     # and nothing the command line takes is missing from the file above

@@ -157,3 +157,34 @@ def _try_connect(dsn: str) -> psycopg.Connection[Any] | None:
         return psycopg.connect(dsn, autocommit=True)
     except psycopg.OperationalError:
         return None
+
+
+def test_a_held_statement_s_request_is_closed_when_the_proxy_stops(
+        applied_clinic: Database, tmp_path: Path) -> None:
+    """A statement waiting for a human when the proxy stops: the session ends (57P01) and its
+    request is closed as cancelled, so no approver decides what can no longer run."""
+    from proxyharness import run_proxy
+    from test_proxy_approvals import UPDATE_ALL, _policy
+
+    with run_proxy(_policy(applied_clinic), applied_clinic.dsn_as("policyc_proxy"),
+                   tmp_path / "spool") as running:
+        conn = running.connect("agent-sd7", "billing", clinic_id=1)
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                conn.execute(UPDATE_ALL)
+            except psycopg.Error as exc:
+                outcome["error"] = exc
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        assert wait_for(lambda: applied_clinic.execute(
+            "SELECT count(*) FROM audit.approvals WHERE status = 'pending'")[0][0] == 1)
+        running.call(running.server.shut_down(30))
+        thread.join(10)
+        assert isinstance(outcome.get("error"), psycopg.errors.AdminShutdown)
+    status, reason = applied_clinic.execute(
+        "SELECT status, decision_reason FROM audit.approvals ORDER BY id DESC LIMIT 1")[0]
+    assert status == "cancelled" and "session ended while the statement was held" in reason
+    assert applied_clinic.execute(
+        "SELECT count(*) FROM public.claims WHERE status = 'reviewed'") == [(0,)]

@@ -132,3 +132,33 @@ def test_sigterm_to_the_supervisor_stops_every_worker(
             "zombie" in Path(f"/proc/{pid}/status").read_text()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def _free_pair() -> int:
+    """A port P with P and P + 1 free now (the admin ports of two workers)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return int(port)
+    raise AssertionError("no two consecutive free ports")
+
+
+@pytest.mark.db
+@pytest.mark.slow
+def test_each_worker_serves_its_own_admin_port(applied_clinic: Database, tmp_path: Path) -> None:
+    """``--admin PORT`` with workers: worker K answers /ready and /metrics on PORT + K."""
+    from test_proxy_admin import get, samples
+
+    port = _free_pair()
+    with supervise(applied_clinic, tmp_path / "spool", extra=("--admin", str(port))):
+        for index in range(WORKERS):
+            assert wait_for(lambda i=index: get(port + i, "/ready")[0] == 200)
+            info = [labels for (name, labels) in samples(port + index)
+                    if name == "policyc_proxy_info"]
+            assert [dict(labels)["worker"] for labels in info] == [str(index)]

@@ -84,13 +84,16 @@ class Supervised:
 
 
 @contextlib.contextmanager
-def supervise(db: Database, spool: Path, count: int = 2) -> Iterator[Supervised]:
-    """``policyc proxy --workers count`` on a fixed free port until every worker listens."""
+def supervise(db: Database, spool: Path, count: int = 2,
+              extra: tuple[str, ...] = ()) -> Iterator[Supervised]:
+    """``policyc proxy --workers count`` (and ``extra`` options) on a fixed free port until
+    every worker listens."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "policyc.cli", "proxy", str(POLICY), "--workers", str(count),
          "--listen", f"127.0.0.1:{port}", "--upstream", db.dsn_as("policyc_proxy"),
-         "--allow-plaintext-loopback", "--spool", str(spool), "--checkpoint-interval", "0"],
+         "--allow-plaintext-loopback", "--spool", str(spool), "--checkpoint-interval", "0",
+         *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     running = Supervised(proc, port, spool, count)
     assert proc.stdout is not None

@@ -20,7 +20,8 @@ from policyc.errors import ApplyError
 from policyc.plan import Change, Plan, make_plan, observe
 from policyc.policy.model import Policy
 
-_LOCK = "SELECT pg_advisory_xact_lock(hashtext('policyc apply'))"
+#: Held for the transaction by apply and by service-password: they never interleave.
+LOCK = "SELECT pg_advisory_xact_lock(hashtext('policyc apply'))"
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def apply_policy(conn: psycopg.Connection[Any], policy: Policy) -> ApplyResult:
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise ApplyError("apply needs a connection outside any transaction")
     with conn.transaction():
-        conn.execute(_LOCK)
+        conn.execute(LOCK)
         plan = make_plan(conn, policy)
         if plan.empty:
             return ApplyResult(plan, 0)

@@ -21,7 +21,7 @@ import psycopg
 from policyc import logs, runtime
 from policyc.cliargs import EXIT_USAGE, build_parser, subcommand
 from policyc.connect import connect as connect_as
-from policyc.errors import PolicycError
+from policyc.errors import PolicycError, needs_superuser
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PENDING", "EXIT_USAGE", "build_parser", "main"]
 
@@ -91,17 +91,19 @@ def _plan_json(plan: Any) -> dict[str, Any]:
     }
 
 
+_PLAN_APPLY_NEED = ("apply installs PL/Python and the runtime, creates group roles, views and "
+                    "row-security policies on every table of the policy; plan reads what apply "
+                    "recorded")
+
+
 @contextlib.contextmanager
-def _privileged(command: str) -> Iterator[None]:
-    """A role without the privileges plan and apply need gets one line saying so."""
+def _privileged(command: str, why: str = _PLAN_APPLY_NEED) -> Iterator[None]:
+    """A role without the privileges a command needs gets one line saying so."""
     try:
         yield
     except psycopg.errors.InsufficientPrivilege as exc:
-        raise PolicycError(
-            f"{exc.diag.message_primary or 'permission denied'}: {command} needs a superuser "
-            "(apply installs PL/Python and the runtime, creates group roles, views and "
-            "row-security policies on every table of the policy; plan reads what apply "
-            "recorded); README \"Privileges\"") from None
+        raise needs_superuser(exc.diag.message_primary or "permission denied", command,
+                              why) from None
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
@@ -138,6 +140,19 @@ def cmd_apply(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_service_password(args: argparse.Namespace, out: TextIO) -> int:
+    from policyc import servicepassword
+
+    policy = _load(args.policy)
+    password = servicepassword.read_password(args.password_file,
+                                             sys.stdin if args.password_stdin else None)
+    with (connect_as(args.dsn, "policyc service-password") as conn,
+          _privileged("service-password", servicepassword.WHY_SUPERUSER)):
+        rotation = servicepassword.rotate(conn, policy, password, dry_run=args.dry_run)
+    servicepassword.report(rotation, out)
+    return EXIT_OK
+
+
 def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
 
     from policyc.proxy.config import ProxyConfig, parse_upstream
@@ -165,6 +180,9 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
         max_password_bytes=args.max_password_bytes, login_timeout=args.login_timeout,
         log_format=args.log_format, log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
+        admin_host=args.admin[0] if args.admin else "127.0.0.1",
+        admin_port=args.admin[1] if args.admin else None,
+        metrics_agent_labels=args.metrics_agent_labels,
     )
     if config.tls_cert is None and not config.allow_plaintext_loopback:
         print("policyc proxy: give --tls-cert/--tls-key (agents send tokens as passwords), or "

@@ -42,6 +42,18 @@ def _listen(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _admin(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` as for ``--listen``, or a bare ``PORT`` on loopback, for ``--admin``."""
+    if text.isdigit() and int(text) <= 65535:
+        return "127.0.0.1", int(text)
+    try:
+        return _listen(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT or PORT (e.g. 9187 for 127.0.0.1:9187, or "
+            "0.0.0.0:9187 for a scraper on another host)") from None
+
+
 def _workers(text: str) -> int:
     """A worker count: 1 or more."""
     value = int(text)
@@ -81,6 +93,8 @@ a first deployment:
   policyc check policy.yaml                       # every problem as file:line: key: message
   policyc plan policy.yaml --dsn 'host=db dbname=clinic user=postgres'
   policyc apply policy.yaml --dsn 'host=db dbname=clinic user=postgres'
+  policyc service-password policy.yaml --dsn 'host=db dbname=clinic user=postgres' \\
+      --password-file /run/secrets/policyc       # also to rotate it (README)
   policyc proxy policy.yaml --upstream 'host=db dbname=clinic user=policyc_proxy' \\
       --password-file /run/secrets/policyc --tls-cert tls.crt --tls-key tls.key
 then agents connect to the proxy with any PostgreSQL client, their OIDC token as password.
@@ -93,6 +107,9 @@ EXAMPLES = {
     "check": "policyc check examples/clinic/policy.yaml",
     "plan": "policyc plan policy.yaml --dsn 'host=db dbname=clinic user=postgres' --check",
     "apply": "policyc apply policy.yaml --dsn 'host=db dbname=clinic user=postgres'",
+    "service-password": ("policyc service-password policy.yaml "
+                         "--dsn 'host=db dbname=clinic user=postgres' "
+                         "--password-file /run/secrets/policyc"),
     "proxy": ("policyc proxy policy.yaml --listen 0.0.0.0:6432 "
               "--upstream 'host=db dbname=clinic user=policyc_proxy' "
               "--password-file /run/secrets/policyc --tls-cert tls.crt --tls-key tls.key"),
@@ -105,6 +122,19 @@ EXAMPLES = {
              "--claim clinic_id=1",
     "runtime": "policyc runtime render \"$(pg_config --sharedir)/extension\"",
 }
+
+ROTATION_ABOUT = """\
+The proxy logs in as each group role with the service role's password: apply copies the
+service role's password verifier onto every group role. This command sets the new password
+on the policy's service role (policyc_proxy unless the policy names another) and copies it
+onto the group roles at once, so `policyc plan` shows no drift. libpq computes the
+SCRAM-SHA-256 verifier here: the server never receives the password, and it is never printed.
+
+rotating the password:
+  1. put the new password where the proxies read it (--password-file, --password-command)
+  2. run this command
+  3. kill -HUP each proxy (or nothing: a proxy re-reads it on the first upstream login
+     refused with 28P01)"""
 
 DSN_HELP = ("libpq connection string, key=value pairs or a postgresql:// URI (default: the "
             "PG* environment variables)")
@@ -156,6 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--dsn", help=DSN_HELP)
     apply.add_argument("--json", action="store_true", help="machine-readable output")
     apply.set_defaults(func=_lazy("cli", "cmd_apply"))
+
+    summary = ("set the service role's password and copy it onto every group role (one "
+               "transaction)")
+    password = _command(sub, "service-password", summary,
+                        description=f"{summary}\n\n{ROTATION_ABOUT}")
+    password.add_argument("policy", help=POLICY_HELP)
+    password.add_argument("--dsn", help=DSN_HELP + "; as a superuser")
+    source = password.add_mutually_exclusive_group(required=True)
+    source.add_argument("--password-file", metavar="FILE",
+                        help="file whose first line is the new password (the proxies' "
+                        "--password-file reads it the same way)")
+    source.add_argument("--password-stdin", action="store_true",
+                        help="read the new password from standard input's first line (asked "
+                        "twice without echo on a terminal)")
+    password.add_argument("--dry-run", action="store_true",
+                          help="check and say what would change; change nothing")
+    password.set_defaults(func=_lazy("cli", "cmd_service_password"))
 
     proxy = _command(sub, "proxy", "run the audited PostgreSQL proxy agents connect to")
     proxy.add_argument("policy", nargs="?", help=POLICY_HELP + " (or policy = in --config)")
@@ -219,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default text)")
     proxy.add_argument("--log-level", choices=logs.LEVELS, default="info",
                        help="the least important messages logged (default info)")
+    proxy.add_argument("--admin", type=_admin, metavar="HOST:PORT",
+                       help="serve /live, /ready and /metrics (Prometheus) over HTTP here, "
+                       "e.g. 9187 for 127.0.0.1:9187 (default: off; with --workers N, "
+                       "worker K listens on PORT+K; docs/operations.md)")
+    proxy.add_argument("--metrics-agent-labels", action="store_true",
+                       help="label session and statement metrics with the agent's name (token "
+                       "subject); one series per agent, so off by default")
     proxy.set_defaults(func=_lazy("cli", "cmd_proxy"))
 
     approvals = _command(sub, "approvals", "list held statements waiting for a decision")

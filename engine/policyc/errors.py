@@ -69,6 +69,13 @@ class ApplyError(PolicycError):
     sqlstate = "55000"
 
 
+def needs_superuser(reason: str, command: str, why: str) -> PolicycError:
+    """The one line for a command run without the privileges it needs: ``reason`` (the
+    server's message, e.g. ``permission denied for table applied_objects``), the command, and
+    ``why`` it needs a superuser (README "Privileges")."""
+    return PolicycError(f"{reason}: {command} needs a superuser ({why}); README \"Privileges\"")
+
+
 # --------------------------------------------------------------------------- by SQLSTATE
 
 _BY_SQLSTATE: dict[str, type[SqlStateError]] = {}

@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,12 +202,27 @@ class StaticKeySource:
 
     def __init__(self, keys: KeySet) -> None:
         self.keys = keys
+        self.refreshes: Counter[str] = Counter()  # never refreshed: nothing to count
+
+    async def problem(self) -> str | None:
+        """Why no token could be verified now (None: the keys are loaded)."""
+        return None
 
     async def get(self, kid: str | None, alg: str) -> jwt.PyJWK:
         return self.keys.select(kid, alg)
 
     def get_sync(self, kid: str | None, alg: str) -> jwt.PyJWK:
         return self.keys.select(kid, alg)
+
+
+def _read_key_file(path: Path) -> KeySet:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise KeysUnavailable(f"JWKS file {path} cannot be read") from None
+    if len(data) > MAX_JWKS_BYTES:
+        raise KeySetError(f"JWKS file {path} is larger than 1 MiB")
+    return KeySet.parse(data)
 
 
 class FileKeySource:
@@ -221,24 +237,33 @@ class FileKeySource:
         self._stamp: tuple[int, int] | None = None
         self._keys: KeySet | None = None
         self._lock = threading.Lock()
+        self.refreshes: Counter[str] = Counter()  # reads of the file, by outcome (metrics)
+
+    async def problem(self) -> str | None:
+        """Why no token could be verified now (None: the keys are loaded)."""
+        try:
+            self.current()
+        except KeySetError as exc:
+            return str(exc)
+        return None
 
     def current(self) -> KeySet:
         """The key set as the file is now."""
         try:
             st = self.path.stat()
         except OSError:
+            self.refreshes["failed"] += 1
             raise KeysUnavailable(f"JWKS file {self.path} cannot be read") from None
         stamp = (st.st_mtime_ns, st.st_size)
         with self._lock:
             if self._keys is None or stamp != self._stamp:
                 self._keys = None
                 try:
-                    data = self.path.read_bytes()
-                except OSError:
-                    raise KeysUnavailable(f"JWKS file {self.path} cannot be read") from None
-                if len(data) > MAX_JWKS_BYTES:
-                    raise KeySetError(f"JWKS file {self.path} is larger than 1 MiB")
-                self._keys = KeySet.parse(data)
+                    self._keys = _read_key_file(self.path)
+                except KeySetError:
+                    self.refreshes["failed"] += 1
+                    raise
+                self.refreshes["ok"] += 1
                 self._stamp = stamp
             return self._keys
 
@@ -330,6 +355,23 @@ class HttpsKeySource:
         self._async_lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._sync_lock = threading.Lock()
+        self.refreshes: Counter[str] = Counter()  # fetches of the URL, by outcome (metrics)
+
+    async def problem(self) -> str | None:
+        """Why no token could be verified now (None: the keys are loaded); fetches the set
+        when none was fetched yet or it is due (rate-limited as for tokens)."""
+        loop = asyncio.get_running_loop()
+        if self._async_lock is None or self._lock_loop is not loop:
+            self._async_lock, self._lock_loop = asyncio.Lock(), loop
+        async with self._async_lock:
+            now = self._clock()
+            if self._due(now) and self._may_attempt(now):
+                await self._refresh_async()
+            try:
+                self._fresh(self._clock())
+            except KeySetError as exc:
+                return str(exc)
+        return None
 
     # -- decisions (no I/O) ------------------------------------------------------------
 
@@ -354,9 +396,11 @@ class HttpsKeySource:
             try:
                 self._keys = KeySet.parse(body)
                 self._fetched_at = self._clock()
+                self.refreshes["ok"] += 1
                 return
             except KeySetError as exc:
                 error = exc
+        self.refreshes["failed"] += 1
         log.warning(
             "JWKS refresh from %s failed (%s); keeping the cached set",
             self.url,

@@ -128,6 +128,11 @@ class ProxyConfig:
     log_level: str = "info"
     # on SIGTERM, how long statements in flight may take before every session ends (57P01)
     shutdown_timeout: float = 30.0
+    # the admin listener (/live, /ready, /metrics; policyc.proxy.admin): None is off; with
+    # workers, worker i listens on admin_port + i
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None
+    metrics_agent_labels: bool = False  # agent names as a metrics label (one series each)
 
     def spool_path(self) -> Path:
         """``spool_dir``, else the default state directory of this upstream (docs/spool.md)."""

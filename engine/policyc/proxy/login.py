@@ -72,6 +72,7 @@ from policyc.proxy.judge.settings import (
     setting_reason,
 )
 from policyc.proxy.loginreads import LoginReads
+from policyc.proxy.metrics import ProxyMetrics
 from policyc.proxy.upstream import UpstreamError, UpstreamSession, connect
 
 log = logging.getLogger("policyc.proxy")
@@ -254,6 +255,7 @@ class Logins:
     audit: AuditLog
     verifier: TokenVerifier
     reads: LoginReads
+    metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     _early_recorded: dict[str, float] = field(default_factory=dict)
 
     async def record_early_refusal(self, refused: LoginRefused, writer: asyncio.StreamWriter,
@@ -363,6 +365,9 @@ class Logins:
                                    "policyc: the audit trail is unavailable; try again later",
                                    AuditStorageFailure.sqlstate) from None
         except LoginRefused as refused:
+            self.metrics.login_failed(refused.reason)
+            self.metrics.session(group.name if group else None, "refused",
+                                 identity.subject if identity else None)
             log.warning("login refused: %s", refused.reason, extra={
                 "event": "login_refused", "reason": refused.reason,
                 "session_id": str(session_id), "client_addr": client_addr,
@@ -376,6 +381,7 @@ class Logins:
             send_and_close(writer, error_response(refused.sqlstate, str(refused),
                                                   severity="FATAL"))
             return None
+        self.metrics.session(group.name, "opened", identity.subject)
         log.info("session opened: %s as %s", identity.subject, group.name, extra={
             "event": "session_opened", "session_id": str(session_id),
             "agent": identity.subject, "group": group.name, "client_addr": client_addr,

@@ -30,6 +30,7 @@ import psycopg
 from policyc.errors import InternalError, PolicycError
 from policyc.identity import TokenVerifier, key_source_for
 from policyc.policy.model import Group
+from policyc.proxy.admin import AdminServer
 from policyc.proxy.audit import AuditLog
 from policyc.proxy.cancels import CancelInbox, CancelRoutes, forward, new_proxy_pid
 from policyc.proxy.codec import CancelRequest, ProtocolViolation, error_response
@@ -49,6 +50,7 @@ from policyc.proxy.login import (
     welcome,
 )
 from policyc.proxy.loginreads import LoginReads
+from policyc.proxy.metrics import ProxyMetrics
 from policyc.proxy.session import Session
 from policyc.proxy.upstream import send_cancel
 from policyc.webhook import WebhookNotifier
@@ -110,9 +112,13 @@ class ProxyServer:
     _reads: LoginReads | None = None
     _routes: CancelRoutes | None = None  # with --workers N > 1: where each pid's cancels go
     _inbox: CancelInbox | None = None
+    metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
+    admin: AdminServer | None = None
+    accepting: bool = False  # listening for agents and not shutting down
 
     def __post_init__(self) -> None:
         config = self.config
+        self.metrics.agent_labels = config.metrics_agent_labels
         if config.workers > 1 and config.cancel_dir is not None:
             self._routes = CancelRoutes(config.worker_index, config.workers, config.cancel_dir)
 
@@ -139,7 +145,8 @@ class ProxyServer:
                                             self.config.proxy_name, _webhook(policy))
             await self.approvals.start()
         self._reads = LoginReads(self.config.upstream.conninfo())
-        self._logins = Logins(self.config, self.audit, self.verifier, self._reads)
+        self._logins = Logins(self.config, self.audit, self.verifier, self._reads,
+                              metrics=self.metrics)
         self._ssl = self.config.server_ssl_context()
         if self._routes is not None:  # the siblings' forwarded cancels, before any session
             self._inbox = CancelInbox(self._routes, self._cancel_here)
@@ -159,6 +166,17 @@ class ProxyServer:
             reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
             raise PolicycError(f"cannot listen on {where}: {reason.lower()}; choose another "
                                "address or port with --listen") from exc
+        self.accepting = True
+        if self.config.admin_port is not None:
+            port = self.config.admin_port
+            self.admin = AdminServer(self, self.config.admin_host,
+                                     port + self.config.worker_index if port else 0)
+            try:
+                await self.admin.start()
+            except BaseException:
+                self.admin = None
+                await self.close()
+                raise
 
     def connection_counts(self) -> dict[str, int]:
         """The caps' counters now: open connections, those not yet authenticated, sessions
@@ -184,6 +202,7 @@ class ProxyServer:
         """Stop as an operator expects on SIGTERM: accept no more connections, end each
         session with 57P01 once nothing of it is in flight (every session after ``grace``
         seconds, or when ``at_once`` is set), then flush and drain the audit log (close)."""
+        self.accepting = False
         if self._server is not None:
             self._server.close()
         loop = asyncio.get_running_loop()
@@ -212,6 +231,7 @@ class ProxyServer:
         await self.close()
 
     async def close(self) -> None:
+        self.accepting = False
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -226,6 +246,8 @@ class ProxyServer:
             await self.approvals.close()
         if self.audit is not None:
             await self.audit.close()
+        if self.admin is not None:  # last: /ready says "not ready" until the end
+            await self.admin.close()
         if self._reads is not None:
             await self._reads.close()
 
@@ -381,7 +403,8 @@ class ProxyServer:
                           approvals=self.approvals,
                           hold_seconds=self.config.policy.approvals.hold_seconds,
                           valid_for_seconds=self.config.policy.approvals.valid_for_seconds,
-                          timeout_ceilings=login.ceilings, row_budget_left=login.rows_left)
+                          timeout_ceilings=login.ceilings, row_budget_left=login.rows_left,
+                          metrics=self.metrics)
         self.sessions[proxy_pid] = _Live(session, proxy_key, upstream.backend_pid,
                                          upstream.backend_key)
         started = time.monotonic()

@@ -317,6 +317,7 @@ class Drainer:
     async def _note_outage(self, exc: BaseException) -> None:
         if not self.outage:
             self.outage = True
+            self._counts["outages"] += 1
             log.error("audit database unreachable (%s); spooling to disk and retrying",
                       sqlstate_of(exc))
         conn, self.conn = self.conn, None

@@ -42,6 +42,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -62,6 +63,7 @@ from policyc.proxy.audit.records import (
 from policyc.proxy.audit.sessions import DEAD_AFTER, HEARTBEAT_EVERY, SessionDesk
 from policyc.proxy.audit.spool import RecoveredSegment, Spool
 from policyc.proxy.audit.writer import LogState, Writer
+from policyc.proxy.tally import Histogram
 
 if TYPE_CHECKING:
     from policyc.proxy.config import Upstream
@@ -72,7 +74,35 @@ T = TypeVar("T")
 
 _COUNTS = ("spooled", "drained", "statements_inserted", "write_batches", "io_errors",
            "full_refusals", "refused_dropped", "recovered_unfinished", "torn_lines",
-           "checkpoints", "partition_runs", "upkeep_errors", "orphans_closed")
+           "checkpoints", "partition_runs", "upkeep_errors", "orphans_closed", "outages")
+
+
+@dataclass(frozen=True)
+class AuditHealth:
+    """The audit log's state for ``/ready`` and ``/metrics``."""
+
+    running: bool
+    outage: bool  # the drain cannot reach the database
+    spool_failing: bool  # the last spool write failed
+    spool_full: bool  # statements are refused until the drain makes room
+    spool_bytes: int
+    spool_limit: int
+    pending: int  # records not yet in the database (ready to drain, or being written)
+    oldest_pending_seconds: float  # age of the oldest record ready to drain (0: none)
+    flushes: Histogram
+    counts: dict[str, int]
+
+    def problem(self) -> str | None:
+        """Why the trail cannot take records now (None: it can)."""
+        if not self.running:
+            return "the audit log is not running"
+        if self.spool_failing:
+            return "the audit spool cannot be written"
+        if self.spool_full or self.spool_bytes >= self.spool_limit:
+            return "the audit spool is at its limit"
+        if self.outage:
+            return "the audit database is unreachable (records wait in the spool)"
+        return None
 
 
 class AuditLog:
@@ -324,6 +354,24 @@ class AuditLog:
             segments=len(self._spool.sizes), fsyncs=self._spool.fsyncs,
         )
         return counts
+
+    def health(self) -> AuditHealth:
+        """What readiness and ``/metrics`` need: is the trail writable, how far behind."""
+        self._drainer.absorb_pending()
+        books = self._books
+        oldest = 0.0
+        for work in books.work:  # in spool order: the first with a time is the oldest
+            at = work.row.get("at") or work.row.get("started_at")
+            if isinstance(at, int | float):
+                oldest = max(0.0, time.time() - at)
+                break
+        writer = self._writer
+        return AuditHealth(
+            running=self._state.running and not self._state.stopping,
+            outage=self._drainer.outage, spool_failing=writer.failing, spool_full=writer.full,
+            spool_bytes=self._spool.total_bytes, spool_limit=writer.max_spool_bytes,
+            pending=len(books.work) + writer.unwritten, oldest_pending_seconds=oldest,
+            flushes=writer.flushes, counts=dict(self._counts))
 
     # --- internals ------------------------------------------------------------------------
     def _wake_drainer(self) -> None:

@@ -44,6 +44,7 @@ from policyc.proxy.audit.events import Event, encode_event
 from policyc.proxy.audit.failures import AuditUnavailable
 from policyc.proxy.audit.spool import Spool
 from policyc.proxy.audit.spoolthread import SpoolThread, Write
+from policyc.proxy.tally import Histogram
 
 log = logging.getLogger("policyc.proxy.audit")
 
@@ -85,6 +86,7 @@ class Writer:
         self._lazy_since: float | None = None  # when the oldest unwritten lazy line came
         self._unabsorbed: list[tuple[list[Write], int]] = []  # written, not yet in the books
         self._fsync_seconds = 0.0  # moving average of one append (write + fdatasync)
+        self.flushes = Histogram()  # each batch's write + fdatasync, for /metrics
         self._write_failing = False
         # the audit log's loop, kept: ``asyncio.get_running_loop()`` costs a getpid() system
         # call (fork detection), twice per statement on the hot path
@@ -192,6 +194,7 @@ class Writer:
         if not self._state.running:
             return  # aborted meanwhile: its callers were already told
         self._fsync_seconds += (seconds - self._fsync_seconds) * 0.1
+        self.flushes.observe(seconds)
         self.queued_bytes -= sum(len(w.data) for w in batch)
         if self._write_failing:
             self._write_failing = False
@@ -206,6 +209,11 @@ class Writer:
         self._unabsorbed.append((batch, segment))
         if len(self._unabsorbed) >= DRAIN_AFTER_BATCHES:
             self._wake_drainer()
+
+    @property
+    def failing(self) -> bool:
+        """The last write of the spool failed (and none succeeded since)."""
+        return self._write_failing
 
     def failed(self, batch: list[Write], exc: OSError, dropped: bool) -> None:
         """On the event loop: writing ``batch`` failed.  Waited lines fail their callers;

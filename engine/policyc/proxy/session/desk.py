@@ -11,6 +11,8 @@ found it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -182,11 +184,31 @@ class HoldDesk:
         """Wait for the decision while watching the client: a client that goes away cancels
         its request and nothing runs, and so does a CancelRequest (:meth:`cancel_hold`), the
         session staying usable; bytes it sends meanwhile wait their turn (the inbox)."""
+        metrics = self.state.metrics
+        metrics.hold_started()
+        started = time.monotonic()
+        outcome = "client_gone"
+        try:
+            outcome = await self._decision_of(request_id)
+            return outcome
+        finally:
+            metrics.hold_ended(outcome, time.monotonic() - started)
+
+    async def _decision_of(self, request_id: int) -> str:
         decision = asyncio.ensure_future(self.approvals.wait(request_id, self.hold_seconds))
         cancelled = self._held if self._held is not None else \
             asyncio.get_running_loop().create_future()
         try:
             done = await self.inbox.hold_until(decision, cancelled)
+        except asyncio.CancelledError:
+            # the session ends under the hold (the proxy shuts down): the request is closed,
+            # so no approver decides a statement that can no longer run
+            decision.cancel()
+            with contextlib.suppress(Exception):
+                await self.approvals.close_request(
+                    request_id, "cancelled", "the session ended while the statement was held "
+                    f"({self.state.end_reason})")
+            raise
         except ClientGone:
             decision.cancel()
             await self.approvals.close_request(request_id, "cancelled",

@@ -24,6 +24,7 @@ from policyc.proxy.audit import AuditUnavailable
 from policyc.proxy.audit.records import SessionEnd
 from policyc.proxy.codec import FrontendFramer, ProtocolViolation, error_response
 from policyc.proxy.judge.cache import Judge
+from policyc.proxy.metrics import ProxyMetrics
 from policyc.proxy.session.desk import HoldDesk
 from policyc.proxy.session.gate import WRITE_HIGH_WATER, RecordGate
 from policyc.proxy.session.handlers import Frontend
@@ -62,6 +63,7 @@ class Session:
     approvals: Any = None  # ApprovalBroker, or None when the policy names no approvers
     hold_seconds: int = 120
     valid_for_seconds: int = 3600
+    metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     state: SessionState = field(init=False)
     gate: RecordGate = field(init=False)
     router: Router = field(init=False)
@@ -75,7 +77,8 @@ class Session:
         state = self.state = SessionState(
             self.session_id, self.identity, self.group, results=self.results,
             results_limit=self.results_limit, clock=self.clock,
-            timeout_ceilings=self.timeout_ceilings, row_budget_left=self.row_budget_left)
+            timeout_ceilings=self.timeout_ceilings, row_budget_left=self.row_budget_left,
+            metrics=self.metrics)
         self.gate = RecordGate(state, self.audit, self.upstream.writer)
         self.inbox = ClientInbox(self.client_reader)
         recorder = Recorder(state, self.gate, self.approvals)

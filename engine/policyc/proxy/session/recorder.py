@@ -43,6 +43,7 @@ class Recorder:
             text = text[:MAX_AUDIT_TEXT]
             reason = (reason + "; " if reason else "") + "statement text truncated in the record"
         state.seq += 1  # assigned now, whatever becomes of the record: never skipped
+        state.metrics.statement(verdict_decision, kind, state.group.name, state.identity.subject)
         return StatementRecord(
             record_id=uuid.uuid4(), session_id=state.session_id, seq=state.seq,
             at=state.clock(), agent=state.identity.subject, group=state.group.name, text=text,
@@ -72,6 +73,8 @@ class Recorder:
                     unit.limit = None
                     unit.record = dataclasses.replace(record, decision="approved",
                                                       approval_id=approved)
+                    state.metrics.relabel(record.decision, "approved", record.kind,
+                                          record.group, record.agent)
                     record = unit.record
         unit.carry = carry
         if state.row_budget_left is not None and record.approval_id is None and \

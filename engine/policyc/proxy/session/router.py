@@ -246,7 +246,11 @@ class Router:
             return
         unit.finished = True
         state = self.state
-        duration = (state.clock() - unit.started) * 1000.0 if unit.started else None
+        duration: float | None = None
+        if unit.started:
+            ended = state.clock()
+            duration = (ended - unit.started) * 1000.0
+            state.metrics.ran(unit.started - unit.record.at, ended - unit.started)
         digest = unit.digest.hexdigest() if unit.digest is not None and sqlstate is None else None
         result = None
         capture = unit.capture

@@ -19,6 +19,7 @@ from policyc.identity import AgentIdentity
 from policyc.policy.model import Group, ResultRecording
 from policyc.proxy.audit.records import SessionEnd, StatementOutcome, StatementRecord
 from policyc.proxy.judge.cache import Judgement
+from policyc.proxy.metrics import ProxyMetrics
 from policyc.proxy.names import NameBook
 from policyc.proxy.results import ResultBudget, ResultCapture
 
@@ -158,6 +159,8 @@ class SessionState:
     # rows of the group's tables this session may still send (approval.budget); None: no
     # budget.  The server starts it at the budget less what the agent used in the window.
     row_budget_left: int | None = None
+    # the proxy's tallies for /metrics (policyc.proxy.metrics): recorder, router, hold desk
+    metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     policy_tables: frozenset[str] = field(init=False)
     budget: ResultBudget = field(init=False)
 
