@@ -271,7 +271,8 @@ class Logins:
         await self.audit.refuse_session(SessionRecord(
             session_id=uuid.uuid4(), started_at=time.time(), outcome="refused",
             reason=refused.reason, client_addr=str(peer[0]) if peer else None,
-            client_port=int(peer[1]) if peer else None, proxy=self.config.proxy_name))
+            client_port=int(peer[1]) if peer else None, proxy=self.config.proxy_name,
+            policy_hash=self.config.policy.sha256))
 
     async def login(self, startup: Startup, reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter, deadline: float,
@@ -291,7 +292,7 @@ class Logins:
         tls_version = writer.get_extra_info("ssl_object").version() if tls else None
         base = {"session_id": session_id, "started_at": started, "client_addr": client_addr,
                 "client_port": client_port, "tls": tls, "tls_version": tls_version,
-                "proxy": config.proxy_name}
+                "proxy": config.proxy_name, "policy_hash": config.policy.sha256}
         identity: AgentIdentity | None = None
         group: Group | None = None
         try:
@@ -379,6 +380,6 @@ class Logins:
         log.info("session opened: %s as %s", identity.subject, group.name, extra={
             "event": "session_opened", "session_id": str(session_id),
             "agent": identity.subject, "group": group.name, "client_addr": client_addr,
-            "tls": tls})
+            "tls": tls, "policy_hash": config.policy.sha256})
         return LoggedIn(session_id, identity, group, upstream, session_framer, rest, ceilings,
                         rows_left)
