@@ -35,6 +35,7 @@ workers = 2
 log_format = "json"
 log-level = "warning"
 shutdown_timeout = 10
+reload_on_change = true
 """
 
 
@@ -63,7 +64,7 @@ def test_every_option_has_a_key_and_reads_as_on_the_command_line(tmp_path: Path)
         "--max-pending-logins", "32", "--max-sessions-per-agent", "4",
         "--max-password-bytes", "8192", "--login-timeout", "12.5", "--name", "proxy-a",
         "--checkpoint-interval", "30", "--workers", "2", "--log-format", "json",
-        "--log-level", "warning", "--shutdown-timeout", "10"])
+        "--log-level", "warning", "--shutdown-timeout", "10", "--reload-on-change"])
     assert {k: v for k, v in vars(from_file).items() if k not in ("config", "func")} == {
         k: v for k, v in vars(from_line).items() if k not in ("config", "func")}
     # and nothing the command line takes is missing from the file above
@@ -87,6 +88,7 @@ def test_the_command_line_wins(tmp_path: Path) -> None:
     ('workers = 0\n', ":1: workers: 0 is not a positive number of workers"),
     ('listen = "localhost"\n', ":1: listen: 'localhost' is not HOST:PORT"),
     ('allow_plaintext_loopback = "yes"\n', ":1: allow_plaintext_loopback: true or false"),
+    ('name = "a"\nreload_on_change = 1\n', ":2: reload_on_change: true or false"),
     ('max_connections = [1]\n', ":1: max_connections: a string or a number"),
     ('log_format = "xml"\n', ":1: log_format: 'xml' is not one of text, json"),
     ('name = "a"\nlisten = \n', ":2: not TOML"),

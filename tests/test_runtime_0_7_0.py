@@ -4,7 +4,8 @@
   leaves the content exactly as 0.6.0 rendered it when it is NULL: an upgrade keeps every
   record verifiable, and a policy_hash set, changed or cleared by hand is caught;
 * the proxy writes it (the hex sha256 of the policy file it loaded) for accepted and refused
-  logins, against 0.6.0 it records sessions as before.
+  logins, against 0.6.0 it records sessions as before, and after ``policyc apply`` upgraded
+  the runtime a reload makes it write the hash.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def test_upgrade_from_0_6_0_keeps_every_record_and_new_sessions_carry_the_hash(
             "SELECT count(*) FROM audit.sessions WHERE policy_hash IS NOT NULL") == [(0,)]
         assert verify_cli(clinic_db)[0] == 0
 
-    with run_proxy(policy, clinic_db.dsn_as("policyc_proxy"), tmp_path / "spool") as proxy:
+        # the proxy that ran before the upgrade learns of it on a reload (apply, then SIGHUP)
+        assert proxy.call(proxy.server.reload())
+        assert proxy.server.policy_hash == expected
         with proxy.connect("agent-up2", "billing", clinic_id=1) as conn:
             after = session_of(conn)
             conn.execute("SELECT count(*) FROM claims")

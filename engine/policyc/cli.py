@@ -140,7 +140,7 @@ def cmd_apply(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
 
-    from policyc.proxy.config import ProxyConfig, parse_upstream
+    from policyc.proxy.config import ProxyConfig, dsn_has_password, parse_upstream
     from policyc.proxy.workers import Supervisor, serve
 
     logs.configure(args.log_format, args.log_level)
@@ -152,6 +152,11 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
     host, port = args.listen
     upstream = parse_upstream(args.upstream or "", password_file=args.password_file,
                               password_command=args.password_command)
+    # where the service password came from, read again on a reload (as parse_upstream chose:
+    # a password in the DSN first, then the file, then the command)
+    in_dsn = dsn_has_password(args.upstream or "")
+    password_file = Path(args.password_file) if args.password_file and not in_dsn else None
+    password_command = args.password_command if not (in_dsn or password_file) else None
     config = ProxyConfig(
         policy=policy, upstream=upstream, listen_host=host,
         listen_port=port, tls_cert=Path(args.tls_cert) if args.tls_cert else None,
@@ -165,6 +170,8 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
         max_password_bytes=args.max_password_bytes, login_timeout=args.login_timeout,
         log_format=args.log_format, log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
+        reload_on_change=args.reload_on_change, password_file=password_file,
+        password_command=password_command,
     )
     if config.tls_cert is None and not config.allow_plaintext_loopback:
         print("policyc proxy: give --tls-cert/--tls-key (agents send tokens as passwords), or "

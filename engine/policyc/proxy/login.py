@@ -15,7 +15,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +64,7 @@ from policyc.proxy.codec import (
     error_response,
 )
 from policyc.proxy.codec.framing import LoginFramer
-from policyc.proxy.config import ProxyConfig, is_loopback
+from policyc.proxy.config import ProxyConfig, Upstream, is_loopback
 from policyc.proxy.judge.settings import (
     PINNED,
     PINNED_STARTUP,
@@ -248,13 +248,17 @@ def _peer(writer: asyncio.StreamWriter) -> tuple[str, int]:
 
 @dataclass
 class Logins:
-    """Verifies agents and opens their upstream sessions, recording every outcome."""
+    """Verifies agents and opens their upstream sessions, recording every outcome, under one
+    policy (``config.policy``): a reload makes new Logins (policyc.proxy.reload)."""
 
     config: ProxyConfig
     audit: AuditLog
     verifier: TokenVerifier
     reads: LoginReads
     _early_recorded: dict[str, float] = field(default_factory=dict)
+    # after the database refused the service password (28P01): the upstream to try once
+    # more with (a new password from its source), or None
+    refresh_password: Callable[[Upstream], Awaitable[Upstream | None]] | None = None
 
     async def record_early_refusal(self, refused: LoginRefused, writer: asyncio.StreamWriter,
                                    count: int) -> None:
@@ -342,8 +346,7 @@ class Logins:
                     raise LoginRefused("bad_setting", f"policyc: {reason}",
                                        InsufficientPrivilege.sqlstate)
             try:
-                upstream = await connect(config.upstream, group.name, settings,
-                                         max_message_bytes=config.max_message_bytes)
+                upstream = await self._connect(group, settings)
             except UpstreamError as exc:
                 if exc.sqlstate == TOO_MANY_CONNECTIONS:  # the role's CONNECTION LIMIT, or
                     raise busy(  # the server's max_connections
@@ -383,3 +386,20 @@ class Logins:
             "tls": tls, "policy_hash": config.policy.sha256})
         return LoggedIn(session_id, identity, group, upstream, session_framer, rest, ceilings,
                         rows_left)
+
+    async def _connect(self, group: Group, settings: dict[str, str]) -> UpstreamSession:
+        """The upstream session as the group role with the service password; when the
+        database refuses that password (28P01), once more with a new one if its source now
+        holds one (the service password was rotated)."""
+        config = self.config
+        try:
+            return await connect(config.upstream, group.name, settings,
+                                 max_message_bytes=config.max_message_bytes)
+        except UpstreamError as exc:
+            if exc.sqlstate != InvalidPassword.sqlstate or self.refresh_password is None:
+                raise
+            fresh = await self.refresh_password(config.upstream)
+            if fresh is None:
+                raise
+        return await connect(fresh, group.name, settings,
+                             max_message_bytes=config.max_message_bytes)
