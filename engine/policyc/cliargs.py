@@ -215,9 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "e.g. 0.0.0.0:6432 for every IPv4 interface)")
     proxy.add_argument("--upstream", help="libpq DSN of the database and the service role "
                        "(default: PG* environment)")
-    proxy.add_argument("--password-file", help="file whose first line is the service password")
+    proxy.add_argument("--password-file", help="file whose first line is the service password "
+                       "(read again on SIGHUP, and when the database refuses the password)")
     proxy.add_argument("--password-command",
-                       help="command that prints the service password (e.g. a secret manager)")
+                       help="command that prints the service password (e.g. a secret manager; "
+                       "run again on SIGHUP, and when the database refuses the password)")
     proxy.add_argument("--tls-cert", help="PEM certificate for agent connections")
     proxy.add_argument("--tls-key", help="PEM private key for --tls-cert")
     proxy.add_argument("--allow-plaintext-loopback", action="store_true",
@@ -259,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on SIGTERM or SIGINT, how long statements in flight may take "
                        "before every session ends with 57P01 (default 30; a second signal "
                        "ends them at once)")
+    proxy.add_argument("--reload-on-change", action="store_true",
+                       help="look at the policy, its JWKS file, the TLS certificate and key and "
+                       "the password file every 2 s and reload when one changes, as SIGHUP "
+                       "does: new sessions get the new policy, open ones keep theirs, a bad "
+                       "file keeps the old one (default: off, reload on SIGHUP only; "
+                       "docs/deployment.md#reloading)")
     proxy.add_argument("--log-format", choices=logs.FORMATS, default="text",
                        help="text lines, or json: one object a line with stable event names "
                        "(session_opened, login_refused, session_closed, ...), session id, "
