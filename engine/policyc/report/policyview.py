@@ -235,10 +235,16 @@ def _logoff(section: Section, policy: Policy, data: Gathered) -> None:
         "idle limits", ["group", "sessions", "median token", "longest token",
                         "longest session", "ended at token expiry",
                         "idle in transaction limit", "statement limit"], table))
-    section.figures["logoff"] = {row[0]: dict(zip(
-        ["sessions", "median_token", "longest_token", "longest_session", "ended_by_expiry",
-         "idle_in_transaction_limit", "statement_limit"], row[1:], strict=True))
-        for row in table}
+    section.figures["logoff"] = {
+        group.name: {
+            "sessions": _int(rows.get(group.name, {}).get("sessions")),
+            "median_token_s": _float(rows.get(group.name, {}).get("median_token_s")),
+            "longest_token_s": _float(rows.get(group.name, {}).get("longest_token_s")),
+            "longest_session_s": _float(rows.get(group.name, {}).get("longest_session_s")),
+            "ended_by_expiry": _int(rows.get(group.name, {}).get("ended_by_expiry")),
+            "idle_in_transaction_limit_s": group.limits.idle_in_transaction_session_timeout,
+            "statement_limit_s": group.limits.statement_timeout,
+        } for group in policy.groups}
     section.find(INFO, "a session ends when its token expires; the token lifetime is the "
                  "automatic logoff")
     if no_idle:
@@ -257,11 +263,19 @@ def _break_glass(section: Section, data: Gathered) -> None:
     section.figures["break_glass"] = sum(r["requests"] for r in rows)
 
 
+def _int(value: Any) -> int:
+    return int(value or 0)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _secs(value: Any) -> str:
     if value is None:
         return "-"
     s = float(value)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+    for unit, size in (("y", 365.25 * 86400), ("d", 86400), ("h", 3600), ("min", 60)):
         if s >= size:
             return f"{s / size:.1f}".rstrip("0").rstrip(".") + f" {unit}"
     return f"{s:.0f} s"
@@ -296,9 +310,10 @@ def minimum_necessary(section: Section, policy: Policy | None, data: Gathered) -
                 unused.append([group.name, str(table), "write grant", "never written",
                                where(policy, f"{base}.write.{table}")])
         phi_granted = list(_phi_read(policy, group, live))
+        unmasked_refs = {str(u) for u in group.unmask}
         for ref, explicit in phi_granted:
-            if ref in used_phi.get(group.name, set()):
-                continue
+            if ref in used_phi.get(group.name, set()) or ref in unmasked_refs:
+                continue  # read; or unmasked, listed below with its own line
             table_text = ref.rsplit(".", 1)[0]
             if table_text not in tables_used:
                 continue  # already listed as an unused table

@@ -506,7 +506,8 @@ def retention(data: Gathered, policy: Policy | None) -> Section:
     if seconds is not None and seconds < SIX_YEARS:
         s.find(WARN, f"retention {_secs(seconds)} is below six years (164.316(b)(2)(i))")
     elif seconds is not None:
-        s.find(OK, f"retention {_secs(seconds)} ({seconds // 86400} days), from {source}")
+        s.find(OK, f"retention {_secs(seconds)} ({seconds // 86400} days), from {source}; "
+               "six years are required")
     else:
         s.find(INFO, f"retention from {source}")
     oldest = {r["table_name"]: r["oldest"] for r in data.rows.get("oldest_records", [])}
