@@ -1,6 +1,6 @@
 -- Answers: how the trail is sealed: the last seal and its age, seals in the period and the
--- interval between them (median and longest), records still waiting for a seal and the age
--- of the oldest, signed exports cannot be seen from the database (they live outside it).
+-- interval between them (median and longest), and the records still waiting for a seal with
+-- the time of the oldest (signed exports live outside the database and are not seen here).
 -- Parameters: %(from)s, %(to)s (timestamptz; the period is from <= time < to).
 -- Section: 2 Audit controls.
 WITH seals AS (

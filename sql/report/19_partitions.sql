@@ -1,6 +1,5 @@
 -- Answers: the monthly partitions of every audit table with their range and estimated rows
--- (pg_class.reltuples, as of the last ANALYZE; -1 or 0 when never analyzed), and the oldest
--- record of each table.
+-- (pg_class.reltuples as of the last ANALYZE or VACUUM; 0 when never analyzed).
 -- Parameters: none.
 -- Section: 10 Retention.
 SELECT t.table_name, b.partition_name, b.range_from, b.range_to, b.is_default,

@@ -59,17 +59,17 @@ def _read(path: Path) -> Query:
     text = path.read_text()
     answers: list[str] = []
     requires = None
+    field = ""
     for line in text.splitlines():
         if not line.startswith("--"):
             break
         body = line[2:].strip()
-        if body.startswith("Requires:"):
-            requires = body.removeprefix("Requires:").strip()
-        elif body.startswith("Answers:"):
-            answers.append(body.removeprefix("Answers:").strip())
-        elif answers and not body.startswith(("Parameters:", "Section")):
-            if answers[-1].endswith(".") and body[:1].isupper():
-                continue  # a later paragraph of the header
+        label, colon, rest = body.partition(":")
+        if colon and label in ("Answers", "Parameters", "Requires", "Section", "Sections"):
+            field, body = label, rest.strip()
+        if field == "Requires":
+            requires = body
+        elif field == "Answers":
             answers.append(body)
     name = path.stem.split("_", 1)[1]
     return Query(name, path, " ".join(answers), requires, text)

@@ -121,6 +121,8 @@ def summary(data: Gathered, policy_info: dict[str, Any] | None, verdict: Finding
         ["database", f"{o.get('database')} (PostgreSQL {o.get('server_version')}"
                      + (", a read replica" if o.get("replica") else "") + ")"],
         ["read as", f"{data.role} at {_when(o.get('read_at'))}, one read-only snapshot"],
+        ["trail", f"statements recorded from {_when(o.get('first_statement_at'))} to "
+                  f"{_when(o.get('last_statement_at'))} (all time)"],
         ["agents", f"{_n(o.get('agents'))}"],
         ["sessions", f"{_n(o.get('sessions'))} ({_n(o.get('sessions_refused'))} logins "
                      f"refused, {_n(o.get('sessions_open'))} still open)"],
@@ -563,7 +565,8 @@ def build(data: Gathered, policy: Policy | None, policy_path: str | None) -> Rep
     for section in sections:
         section.queries = [q for q in dict.fromkeys(section.queries) if q in data.queries]
         for name in section.queries:
-            if name in data.unavailable:
+            needs = data.queries[name].requires or ""
+            if name in data.unavailable and not any(needs in c for c in section.cannot_show):
                 section.cannot_show.append(f"query {name}: {data.unavailable[name]}")
     queries = {name: {"file": q.relative, "answers": q.answers, "sql": q.text,
                       "seconds": round(data.timings.get(name, 0.0), 4)}
