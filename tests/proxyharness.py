@@ -84,6 +84,19 @@ def run_proxy(policy: Policy, upstream_dsn: str, spool: Path, *, tls: bool = Tru
         loop.close()
 
 
+def write_clinic_policy(path: Path, database: str, edit: Any = None) -> Path:
+    """The clinic example policy as a file of its own at ``path`` (for tests that change it
+    under a running proxy): ``database:`` the test database, the JWKS by absolute path, and
+    ``edit(text) -> text`` applied last."""
+    text = (ROOT / "examples" / "clinic" / "policy.yaml").read_text()
+    text = text.replace("database: clinic\n", f"database: {database}\n", 1)
+    text = text.replace("jwks: dev-keys/jwks.json", f"jwks: {DEV_KEYS / 'jwks.json'}", 1)
+    if edit is not None:
+        text = edit(text)
+    path.write_text(text)
+    return path
+
+
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
     """Poll until ``predicate()`` is truthy (the audit log drains asynchronously)."""
     deadline = time.monotonic() + timeout

@@ -242,3 +242,16 @@ def test_not_ready_once_shutting_down(watched: Any, applied_clinic: Database) ->
     stopping.result(30)
     outcome["thread"].join(10)
     assert outcome.get("rows") is not None  # the read in flight finished
+
+
+@pytest.mark.db
+def test_reloads_and_the_policy_in_force_are_metrics(watched: Any) -> None:
+    """The fixture's policy names the test's database; its file names ``clinic``: a reload
+    reads the file, refuses it, keeps the policy in force, and the metrics say so."""
+    port = admin_port(watched)
+    in_force = watched.server.policy_hash
+    assert watched.call(watched.server.reload()) is False
+    found = samples(port)
+    assert value(found, "policyc_reloads_total", outcome="failed") == 1
+    assert value(found, "policyc_reloads_total", outcome="ok") == 0
+    assert value(found, "policyc_policy_info", hash=in_force) == 1

@@ -37,6 +37,7 @@ log-level = "warning"
 shutdown_timeout = 10
 admin = 9187
 metrics_agent_labels = true
+reload_on_change = true
 """
 
 
@@ -66,7 +67,7 @@ def test_every_option_has_a_key_and_reads_as_on_the_command_line(tmp_path: Path)
         "--max-password-bytes", "8192", "--login-timeout", "12.5", "--name", "proxy-a",
         "--checkpoint-interval", "30", "--workers", "2", "--log-format", "json",
         "--log-level", "warning", "--shutdown-timeout", "10", "--admin", "127.0.0.1:9187",
-        "--metrics-agent-labels"])
+        "--metrics-agent-labels", "--reload-on-change"])
     assert {k: v for k, v in vars(from_file).items() if k not in ("config", "func")} == {
         k: v for k, v in vars(from_line).items() if k not in ("config", "func")}
     # and nothing the command line takes is missing from the file above
@@ -90,6 +91,7 @@ def test_the_command_line_wins(tmp_path: Path) -> None:
     ('workers = 0\n', ":1: workers: 0 is not a positive number of workers"),
     ('listen = "localhost"\n', ":1: listen: 'localhost' is not HOST:PORT"),
     ('allow_plaintext_loopback = "yes"\n', ":1: allow_plaintext_loopback: true or false"),
+    ('name = "a"\nreload_on_change = 1\n', ":2: reload_on_change: true or false"),
     ('max_connections = [1]\n', ":1: max_connections: a string or a number"),
     ('log_format = "xml"\n', ":1: log_format: 'xml' is not one of text, json"),
     ('name = "a"\nlisten = \n', ":2: not TOML"),

@@ -21,10 +21,10 @@ def test_render_writes_control_and_versioned_scripts(tmp_path: Path) -> None:
     written = {p.name for p in runtime.render(tmp_path)}
     assert "policyc.control" in written
     # one install script, then upgrade scripts up to the current version (PostgreSQL installs
-    # 0.6.0 as 0.1.0 + the 0.1.0--0.2.0, ..., 0.5.0--0.6.0 upgrades)
+    # 0.7.0 as 0.1.0 + the 0.1.0--0.2.0, ..., 0.6.0--0.7.0 upgrades)
     assert {"policyc--0.1.0.sql", "policyc--0.1.0--0.2.0.sql", "policyc--0.2.0--0.3.0.sql",
             "policyc--0.3.0--0.4.0.sql", "policyc--0.4.0--0.5.0.sql",
-            f"policyc--0.5.0--{RUNTIME_VERSION}.sql"} <= written
+            "policyc--0.5.0--0.6.0.sql", f"policyc--0.6.0--{RUNTIME_VERSION}.sql"} <= written
     control = (tmp_path / "policyc.control").read_text()
     assert f"default_version = '{RUNTIME_VERSION}'" in control
     script = (tmp_path / "policyc--0.1.0.sql").read_text()
@@ -38,9 +38,11 @@ def test_render_writes_control_and_versioned_scripts(tmp_path: Path) -> None:
     assert cheaper.startswith("\\echo Use") and "Runtime 0.4.0 writes exactly" in cheaper
     instances = (tmp_path / "policyc--0.4.0--0.5.0.sql").read_text()
     assert instances.startswith("\\echo Use") and "policyc.proxy_sessions" in instances
-    latest = (tmp_path / f"policyc--0.5.0--{RUNTIME_VERSION}.sql").read_text()
-    assert latest.startswith("\\echo Use") and "policyc._kept_backend_start" in latest
-    for text in (script, upgrade, chained, cheaper, instances, latest):
+    cheaper_fence = (tmp_path / "policyc--0.5.0--0.6.0.sql").read_text()
+    assert cheaper_fence.startswith("\\echo Use") and "policyc._kept_backend_start" in cheaper_fence
+    latest = (tmp_path / f"policyc--0.6.0--{RUNTIME_VERSION}.sql").read_text()
+    assert latest.startswith("\\echo Use") and "policy_hash" in latest
+    for text in (script, upgrade, chained, cheaper, instances, cheaper_fence, latest):
         assert "{{" not in text and "{%" not in text
 
 
@@ -49,12 +51,12 @@ def test_upgrade_path_walks_scripts_in_order() -> None:
     assert path[0].source is None and path[-1].target == RUNTIME_VERSION
     assert [(s.source, s.target) for s in path] == [
         (None, "0.1.0"), ("0.1.0", "0.2.0"), ("0.2.0", "0.3.0"), ("0.3.0", "0.4.0"),
-        ("0.4.0", "0.5.0"), ("0.5.0", "0.6.0")]
+        ("0.4.0", "0.5.0"), ("0.5.0", "0.6.0"), ("0.6.0", "0.7.0")]
     assert [(s.source, s.target) for s in runtime.upgrade_path("0.1.0")] == [
         ("0.1.0", "0.2.0"), ("0.2.0", "0.3.0"), ("0.3.0", "0.4.0"), ("0.4.0", "0.5.0"),
-        ("0.5.0", "0.6.0")]
+        ("0.5.0", "0.6.0"), ("0.6.0", "0.7.0")]
     assert [(s.source, s.target) for s in runtime.upgrade_path("0.3.0")] == [
-        ("0.3.0", "0.4.0"), ("0.4.0", "0.5.0"), ("0.5.0", "0.6.0")]
+        ("0.3.0", "0.4.0"), ("0.4.0", "0.5.0"), ("0.5.0", "0.6.0"), ("0.6.0", "0.7.0")]
     assert runtime.upgrade_path(RUNTIME_VERSION) == []
     with pytest.raises(LookupError, match=r"no upgrade script from runtime 0\.0\.1"):
         runtime.upgrade_path("0.0.1")
@@ -68,6 +70,7 @@ RELEASED = {
     "policyc--0.2.0--0.3.0.sql": "3690d6bc3e59b0be",
     "policyc--0.3.0--0.4.0.sql": "9b8fcc60f2159c0f",
     "policyc--0.4.0--0.5.0.sql": "53803493d75eaa9f",
+    "policyc--0.5.0--0.6.0.sql": "4cd5b3eaa2ddd4ba",
 }
 
 

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from conftest import Database, apply_at_runtime, clinic_policy, register
-from policyc import audittrail
+from policyc import RUNTIME_VERSION, audittrail
 from policyc.apply import apply_policy
 from test_audit_chain import record_session, write_rows
 
@@ -195,7 +195,7 @@ def test_upgrade_from_0_5_0_keeps_one_verifiable_trail(
             apply_policy(admin, policy)
         assert clinic_db.execute(
             "SELECT semantic->>'version' FROM policyc.applied_objects "
-            "WHERE object_key = 'runtime'") == [("0.6.0",)]
+            "WHERE object_key = 'runtime'") == [(RUNTIME_VERSION,)]  # through 0.6.0
         # the same backend, now on 0.6.0's trigger: its chain continues without a gap
         conn.execute("UPDATE public.patients SET phone = '555-0102' WHERE id IN "
                      "(SELECT id FROM public.patients ORDER BY id LIMIT 4)")

@@ -3,4 +3,4 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-RUNTIME_VERSION = "0.6.0"
+RUNTIME_VERSION = "0.7.0"

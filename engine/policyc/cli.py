@@ -155,7 +155,7 @@ def cmd_service_password(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
 
-    from policyc.proxy.config import ProxyConfig, parse_upstream
+    from policyc.proxy.config import ProxyConfig, dsn_has_password, parse_upstream
     from policyc.proxy.workers import Supervisor, serve
 
     logs.configure(args.log_format, args.log_level)
@@ -167,6 +167,11 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
     host, port = args.listen
     upstream = parse_upstream(args.upstream or "", password_file=args.password_file,
                               password_command=args.password_command)
+    # where the service password came from, read again on a reload (as parse_upstream chose:
+    # a password in the DSN first, then the file, then the command)
+    in_dsn = dsn_has_password(args.upstream or "")
+    password_file = Path(args.password_file) if args.password_file and not in_dsn else None
+    password_command = args.password_command if not (in_dsn or password_file) else None
     config = ProxyConfig(
         policy=policy, upstream=upstream, listen_host=host,
         listen_port=port, tls_cert=Path(args.tls_cert) if args.tls_cert else None,
@@ -183,6 +188,8 @@ def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
         admin_host=args.admin[0] if args.admin else "127.0.0.1",
         admin_port=args.admin[1] if args.admin else None,
         metrics_agent_labels=args.metrics_agent_labels,
+        reload_on_change=args.reload_on_change, password_file=password_file,
+        password_command=password_command,
     )
     if config.tls_cert is None and not config.allow_plaintext_loopback:
         print("policyc proxy: give --tls-cert/--tls-key (agents send tokens as passwords), or "

@@ -72,6 +72,18 @@ def _timestamp(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def _day_or_time(end: bool) -> Any:
+    """``--from``/``--to``: a date is a whole UTC day (``--to 2026-12-31`` includes it)."""
+
+    def parse(text: str) -> dt.datetime:
+        value = _timestamp(text)
+        if end and len(text.strip()) == 10:  # YYYY-MM-DD: up to the end of that day
+            value += dt.timedelta(days=1)
+        return value
+
+    return parse
+
+
 def _lazy(module: str, name: str) -> Any:
     """A command handler imported only when its command runs (keeps every start fast)."""
 
@@ -118,6 +130,8 @@ EXAMPLES = {
     "deny": "policyc deny 42 --reason 'not during business hours'",
     "replay": "policyc replay 9b2f3c1e-0d4e-4c3a-9a57-2f1d8f0c6b11 --verify",
     "audit": "policyc audit verify --dsn 'host=db dbname=clinic user=auditor'",
+    "report": "policyc report --dsn 'host=db dbname=clinic user=auditor' --policy policy.yaml "
+              "--from 2026-10-01 --to 2026-12-31 --out evidence.html --json evidence.json",
     "token": "policyc token examples/clinic/policy.yaml --sub agent-7 --groups billing-agents "
              "--claim clinic_id=1",
     "runtime": "policyc runtime render \"$(pg_config --sharedir)/extension\"",
@@ -215,9 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "e.g. 0.0.0.0:6432 for every IPv4 interface)")
     proxy.add_argument("--upstream", help="libpq DSN of the database and the service role "
                        "(default: PG* environment)")
-    proxy.add_argument("--password-file", help="file whose first line is the service password")
+    proxy.add_argument("--password-file", help="file whose first line is the service password "
+                       "(read again on SIGHUP, and when the database refuses the password)")
     proxy.add_argument("--password-command",
-                       help="command that prints the service password (e.g. a secret manager)")
+                       help="command that prints the service password (e.g. a secret manager; "
+                       "run again on SIGHUP, and when the database refuses the password)")
     proxy.add_argument("--tls-cert", help="PEM certificate for agent connections")
     proxy.add_argument("--tls-key", help="PEM private key for --tls-cert")
     proxy.add_argument("--allow-plaintext-loopback", action="store_true",
@@ -259,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on SIGTERM or SIGINT, how long statements in flight may take "
                        "before every session ends with 57P01 (default 30; a second signal "
                        "ends them at once)")
+    proxy.add_argument("--reload-on-change", action="store_true",
+                       help="look at the policy, its JWKS file, the TLS certificate and key and "
+                       "the password file every 2 s and reload when one changes, as SIGHUP "
+                       "does: new sessions get the new policy, open ones keep theirs, a bad "
+                       "file keeps the old one (default: off, reload on SIGHUP only; "
+                       "docs/deployment.md#reloading)")
     proxy.add_argument("--log-format", choices=logs.FORMATS, default="text",
                        help="text lines, or json: one object a line with stable event names "
                        "(session_opened, login_refused, session_closed, ...), session id, "
@@ -339,6 +361,34 @@ def build_parser() -> argparse.ArgumentParser:
     prune_p.add_argument("--now", type=_timestamp, help=argparse.SUPPRESS)  # tests: a past clock
     prune_p.add_argument("--json", action="store_true", help="machine-readable output")
     prune_p.set_defaults(func=_lazy("audittrail", "cmd_prune"))
+
+    report = _command(
+        sub, "report", "write the HIPAA evidence report for a period (auditors; read only): "
+        "one self-contained HTML file, and the same figures as JSON; exit 1 when the audit "
+        "trail is broken", description=(
+            "Write the HIPAA evidence report for a period as one self-contained HTML file (no "
+            "script, no network; prints to PDF), section by safeguard: audit controls, "
+            "integrity, access control, authentication, transmission security, activity "
+            "review, minimum necessary, approvals, retention, de-identification. Runs as a "
+            "member of policyc_auditor in one read-only snapshot; works on a read replica "
+            "(there the integrity check says 'not checked'). docs/report.md"))
+    report.add_argument("--dsn", help=DSN_HELP)
+    report.add_argument("--from", dest="start", type=_day_or_time(end=False), metavar="TIME",
+                        help="start of the period, a UTC date or an ISO 8601 time (default: "
+                        "90 days before --to)")
+    report.add_argument("--to", dest="end", type=_day_or_time(end=True), metavar="TIME",
+                        help="end of the period; a date includes that whole day (default: now)")
+    report.add_argument("--policy", help="the policy in force (needed for access control, "
+                        "minimum necessary, de-identification and the retention in force; "
+                        "default: none, those parts say 'not checked')")
+    report.add_argument("--out", required=True, metavar="FILE",
+                        help="where to write the HTML report (required)")
+    report.add_argument("--json", metavar="FILE",
+                        help="also write the same figures as JSON here (default: no JSON)")
+    report.add_argument("--no-verify", action="store_true",
+                        help="skip audit.verify() (the integrity verdict then says 'not "
+                        "checked'; default: verify the chains recorded in the period)")
+    report.set_defaults(func=_lazy("report", "cmd_report"))
 
     token = _command(sub, "token", "mint a development token (NOT for production)")
     token.add_argument("policy", help=POLICY_HELP)

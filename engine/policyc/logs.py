@@ -17,7 +17,7 @@ from typing import Any, Final
 
 #: What a record may carry into a JSON line besides its event and message.
 FIELDS: Final = ("session_id", "agent", "group", "reason", "client_addr", "tls", "end_reason",
-                 "statements", "duration_ms", "worker", "count")
+                 "statements", "duration_ms", "worker", "count", "policy_hash")
 FORMATS: Final = ("text", "json")
 LEVELS: Final = ("debug", "info", "warning", "error")
 TEXT_FORMAT: Final = "%(asctime)s %(name)s %(levelname)s %(message)s"

@@ -13,6 +13,12 @@ Act 3 — just-in-time approval: the billing agent starts a bulk export (COPY ..
 its group's policy holds for a human); from a "second terminal" the approver lists the request
 with `policyc approvals` and approves it with `policyc approve`; the held export then runs.
 
+Act 4 — the auditor replays a session and verifies the trail; a superuser edits a record with
+the triggers off, and `policyc audit verify` names it.
+
+Act 5 — the evidence: an auditor (a role that is only a member of policyc_auditor) writes the
+HIPAA evidence report of the demo's own activity with `policyc report`, one HTML file.
+
 In act 1, agent identities are registered through the runtime's owner-side function, exactly
 as the proxy does after verifying a token.
 """
@@ -143,7 +149,10 @@ def run() -> int:
                    "new diagnosis (HMAC)"], rows)
             print("  PHI columns are keyed-HMAC pseudonyms in the audit trail, never values.")
         act_two(cluster.dsn("clinic", user="policyc_proxy"), dsn)
+        report = act_five(dsn, policy)
     banner("done: the cluster is gone")
+    print(f"  the HIPAA evidence report of this demo's activity: {report}")
+    print(f"  (and its figures as JSON: {report.with_suffix('.json')}); open it in a browser")
     return 0
 
 
@@ -223,6 +232,23 @@ def act_four(admin_dsn: str) -> None:
                       "WHERE id = (SELECT min(id) FROM audit.statements)")
     print("  (UPDATE audit.statements SET statement = 'SELECT 1' WHERE id = <the first>)")
     cli("audit", "verify", "--dsn", admin_dsn)
+
+
+def act_five(admin_dsn: str, policy: str) -> Path:
+    """The auditor's evidence pack for everything the demo did, as a role that is only a
+    member of policyc_auditor (read only). The trail now holds the superuser's edit of act
+    4, so its integrity verdict is red and names the record."""
+    banner("act 5: the auditor writes the HIPAA evidence report (policyc report)")
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute("CREATE ROLE demo_auditor LOGIN IN ROLE policyc_auditor")
+    where = {**conninfo_to_dict(admin_dsn), "user": "demo_auditor"}
+    auditor_dsn = " ".join(f"{k}={where[k]}" for k in ("host", "port", "dbname", "user"))
+    out = Path(tempfile.gettempdir()) / "policyc-demo"
+    out.mkdir(exist_ok=True)
+    html = out / "evidence.html"
+    cli("report", "--dsn", auditor_dsn, "--policy", policy, "--out", str(html), "--json",
+        str(html.with_suffix(".json")))
+    return html
 
 
 def act_two(service_dsn: str, admin_dsn: str) -> None:

@@ -427,11 +427,22 @@ class HttpsKeySource:
         else:
             self._finish(body, None)
 
-    async def get(self, kid: str | None, alg: str) -> jwt.PyJWK:
+    def _loop_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
         if self._async_lock is None or self._lock_loop is not loop:
             self._async_lock, self._lock_loop = asyncio.Lock(), loop
-        async with self._async_lock:
+        return self._async_lock
+
+    async def load(self) -> KeySet:
+        """The key set now, fetched first when due (how a reload checks a new URL);
+        KeysUnavailable when no set fresh enough can be had."""
+        async with self._loop_lock():
+            if self._due(self._clock()) and self._may_attempt(self._clock()):
+                await self._refresh_async()
+            return self._fresh(self._clock())
+
+    async def get(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        async with self._loop_lock():
             if self._due(self._clock()) and self._may_attempt(self._clock()):
                 await self._refresh_async()
             try:

@@ -16,6 +16,7 @@ schema-qualified), every list item as ``[index]``
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path as FilePath
@@ -37,10 +38,12 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
     """Read and validate the policy at ``path``; raise :class:`PolicyError` with every problem.
 
     A relative ``identity.jwks`` path is resolved against the folder of ``path``.
+    :attr:`Policy.sha256` is the hash of the file's bytes as read (the policy's version).
     """
     source = os.fspath(path)
     try:
-        text = FilePath(source).read_text(encoding="utf-8-sig")
+        data = FilePath(source).read_bytes()
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise PolicyError([_file_problem(source, "the policy file is not UTF-8 text")]) from None
     except OSError as exc:
@@ -48,7 +51,10 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         raise PolicyError(
             [_file_problem(source, f"cannot read the policy file: {reason}")]
         ) from None
-    return load_policy_text(text, source=source, base_dir=os.path.dirname(os.path.abspath(source)))
+    policy = load_policy_text(text, source=source,
+                              base_dir=os.path.dirname(os.path.abspath(source)))
+    # one read: the hash is of exactly the bytes that were parsed
+    return dataclasses.replace(policy, sha256=hashlib.sha256(data).hexdigest())
 
 
 def load_policy_text(
@@ -57,12 +63,12 @@ def load_policy_text(
     """Validate policy YAML given as a string; ``source`` names it in problems.
 
     A relative ``identity.jwks`` path is resolved against ``base_dir`` (default: the current
-    directory).
+    directory). :attr:`Policy.sha256` is the hash of the text's UTF-8 bytes.
     """
     policy, problems = _load(text, source, os.fspath(base_dir) if base_dir else os.getcwd())
     if problems or policy is None:
         raise PolicyError(problems)
-    return policy
+    return dataclasses.replace(policy, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
 def check_policy(path: str | os.PathLike[str]) -> list[Problem]:

@@ -244,6 +244,9 @@ class Policy:
     proxy: ProxySettings
     source: str = "<memory>"
     locations: Mapping[str, Location] = field(default_factory=dict)
+    # hex sha256 of the bytes the policy was read from (the file's, as loaded: what the
+    # proxy records as the policy version of each session); None for a policy built in memory
+    sha256: str | None = field(default=None, compare=False)
 
     def group(self, name: str) -> Group:
         for group in self.groups:

@@ -70,6 +70,47 @@ def _read_password(password_file: str | None, password_command: str | None) -> s
     return os.environ.get("PGPASSWORD")
 
 
+def read_service_password(password_file: Path | str | None,
+                          password_command: str | None) -> str | None:
+    """The service password as ``--password-file`` or ``--password-command`` gives it now
+    (None when neither is set); ProxyConfigError says what failed, never with the secret or
+    the command's output.  An empty password is refused (a file being rewritten, say)."""
+    if password_file:
+        try:
+            text = Path(password_file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ProxyConfigError(f"the password file {password_file} cannot be read "
+                                   f"({reason})") from None
+        password = text.splitlines()[0] if text else ""
+        if not password:
+            raise ProxyConfigError(f"the password file {password_file} is empty")
+        return password
+    if password_command:
+        try:
+            done = subprocess.run(shlex.split(password_command), capture_output=True,
+                                  text=True, check=False, timeout=30)
+        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            raise ProxyConfigError(f"--password-command did not run ({type(exc).__name__})"
+                                   ) from None
+        if done.returncode != 0:
+            raise ProxyConfigError(
+                f"--password-command exited with {done.returncode} (its output is not shown)")
+        password = done.stdout.rstrip("\n")
+        if not password:
+            raise ProxyConfigError("--password-command printed no password")
+        return password
+    return None
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """The DSN carries the service password itself (then no other source is read)."""
+    try:
+        return bool(conninfo_to_dict(dsn).get("password"))
+    except Exception:
+        return False
+
+
 def parse_upstream(
     dsn: str, *, password_file: str | None = None, password_command: str | None = None
 ) -> Upstream:
@@ -133,6 +174,13 @@ class ProxyConfig:
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
     metrics_agent_labels: bool = False  # agent names as a metrics label (one series each)
+    # where the service password comes from, read again on a reload and when the database
+    # refuses it (28P01; policyc.proxy.reload); both None: the DSN, PGPASSWORD or nothing,
+    # which cannot change while the proxy runs
+    password_file: Path | None = None
+    password_command: str | None = None
+    # poll the policy, JWKS, TLS and password files and reload when one changes
+    reload_on_change: bool = False
 
     def spool_path(self) -> Path:
         """``spool_dir``, else the default state directory of this upstream (docs/spool.md)."""
@@ -146,8 +194,16 @@ class ProxyConfig:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(self.tls_cert), str(self.tls_key or self.tls_cert))
+        # an encrypted key fails instead of OpenSSL asking for its passphrase on the terminal
+        # (which would stop the event loop: a reload reads the key while sessions run)
+        context.load_cert_chain(str(self.tls_cert), str(self.tls_key or self.tls_cert),
+                                password=_no_passphrase)
         return context
+
+
+def _no_passphrase() -> str:
+    raise ProxyConfigError("the TLS key is encrypted: the proxy needs it unencrypted "
+                           "(readable by the proxy's user only)")
 
 
 def is_loopback(address: str | None) -> bool:

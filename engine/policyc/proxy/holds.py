@@ -64,6 +64,14 @@ class ApprovalBroker:
         # ticket-mode requests nobody waits on: each closes its request as expired on time
         self._expiring: set[asyncio.Task[str]] = set()
 
+    def use_conninfo(self, conninfo: str) -> None:
+        """Connections opened from now on use ``conninfo`` (a new service password)."""
+        self._conninfo = conninfo
+
+    def use_notifier(self, notifier: Any) -> None:
+        """New requests are announced through ``notifier`` (a reloaded policy's webhook)."""
+        self._notifier = notifier
+
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen())
         with contextlib.suppress(TimeoutError):

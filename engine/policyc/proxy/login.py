@@ -15,7 +15,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +64,7 @@ from policyc.proxy.codec import (
     error_response,
 )
 from policyc.proxy.codec.framing import LoginFramer
-from policyc.proxy.config import ProxyConfig, is_loopback
+from policyc.proxy.config import ProxyConfig, Upstream, is_loopback
 from policyc.proxy.judge.settings import (
     PINNED,
     PINNED_STARTUP,
@@ -249,7 +249,8 @@ def _peer(writer: asyncio.StreamWriter) -> tuple[str, int]:
 
 @dataclass
 class Logins:
-    """Verifies agents and opens their upstream sessions, recording every outcome."""
+    """Verifies agents and opens their upstream sessions, recording every outcome, under one
+    policy (``config.policy``): a reload makes new Logins (policyc.proxy.reload)."""
 
     config: ProxyConfig
     audit: AuditLog
@@ -257,6 +258,9 @@ class Logins:
     reads: LoginReads
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     _early_recorded: dict[str, float] = field(default_factory=dict)
+    # after the database refused the service password (28P01): the upstream to try once
+    # more with (a new password from its source), or None
+    refresh_password: Callable[[Upstream], Awaitable[Upstream | None]] | None = None
 
     async def record_early_refusal(self, refused: LoginRefused, writer: asyncio.StreamWriter,
                                    count: int) -> None:
@@ -273,7 +277,8 @@ class Logins:
         await self.audit.refuse_session(SessionRecord(
             session_id=uuid.uuid4(), started_at=time.time(), outcome="refused",
             reason=refused.reason, client_addr=str(peer[0]) if peer else None,
-            client_port=int(peer[1]) if peer else None, proxy=self.config.proxy_name))
+            client_port=int(peer[1]) if peer else None, proxy=self.config.proxy_name,
+            policy_hash=self.config.policy.sha256))
 
     async def login(self, startup: Startup, reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter, deadline: float,
@@ -293,7 +298,7 @@ class Logins:
         tls_version = writer.get_extra_info("ssl_object").version() if tls else None
         base = {"session_id": session_id, "started_at": started, "client_addr": client_addr,
                 "client_port": client_port, "tls": tls, "tls_version": tls_version,
-                "proxy": config.proxy_name}
+                "proxy": config.proxy_name, "policy_hash": config.policy.sha256}
         identity: AgentIdentity | None = None
         group: Group | None = None
         try:
@@ -343,8 +348,7 @@ class Logins:
                     raise LoginRefused("bad_setting", f"policyc: {reason}",
                                        InsufficientPrivilege.sqlstate)
             try:
-                upstream = await connect(config.upstream, group.name, settings,
-                                         max_message_bytes=config.max_message_bytes)
+                upstream = await self._connect(group, settings)
             except UpstreamError as exc:
                 if exc.sqlstate == TOO_MANY_CONNECTIONS:  # the role's CONNECTION LIMIT, or
                     raise busy(  # the server's max_connections
@@ -385,6 +389,23 @@ class Logins:
         log.info("session opened: %s as %s", identity.subject, group.name, extra={
             "event": "session_opened", "session_id": str(session_id),
             "agent": identity.subject, "group": group.name, "client_addr": client_addr,
-            "tls": tls})
+            "tls": tls, "policy_hash": config.policy.sha256})
         return LoggedIn(session_id, identity, group, upstream, session_framer, rest, ceilings,
                         rows_left)
+
+    async def _connect(self, group: Group, settings: dict[str, str]) -> UpstreamSession:
+        """The upstream session as the group role with the service password; when the
+        database refuses that password (28P01), once more with a new one if its source now
+        holds one (the service password was rotated)."""
+        config = self.config
+        try:
+            return await connect(config.upstream, group.name, settings,
+                                 max_message_bytes=config.max_message_bytes)
+        except UpstreamError as exc:
+            if exc.sqlstate != InvalidPassword.sqlstate or self.refresh_password is None:
+                raise
+            fresh = await self.refresh_password(config.upstream)
+            if fresh is None:
+                raise
+        return await connect(fresh, group.name, settings,
+                             max_message_bytes=config.max_message_bytes)

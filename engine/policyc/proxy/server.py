@@ -51,6 +51,7 @@ from policyc.proxy.login import (
 )
 from policyc.proxy.loginreads import LoginReads
 from policyc.proxy.metrics import ProxyMetrics
+from policyc.proxy.reload import Reloader, policy_hash
 from policyc.proxy.session import Session
 from policyc.proxy.upstream import send_cancel
 from policyc.webhook import WebhookNotifier
@@ -115,6 +116,11 @@ class ProxyServer:
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     admin: AdminServer | None = None
     accepting: bool = False  # listening for agents and not shutting down
+    # live reload (policyc.proxy.reload): reloads by outcome ("ok", "failed"), and why the
+    # last one failed (None once one succeeded)
+    reload_counts: Counter[str] = field(default_factory=Counter)
+    last_reload_error: str | None = None
+    _reloader: Reloader | None = None
 
     def __post_init__(self) -> None:
         config = self.config
@@ -145,7 +151,9 @@ class ProxyServer:
                                             self.config.proxy_name, _webhook(policy))
             await self.approvals.start()
         self._reads = LoginReads(self.config.upstream.conninfo())
+        self._reloader = Reloader(self)
         self._logins = Logins(self.config, self.audit, self.verifier, self._reads,
+                              refresh_password=self._reloader.refresh_password,
                               metrics=self.metrics)
         self._ssl = self.config.server_ssl_context()
         if self._routes is not None:  # the siblings' forwarded cancels, before any session
@@ -177,6 +185,21 @@ class ProxyServer:
                 self.admin = None
                 await self.close()
                 raise
+        if self.config.reload_on_change:
+            self._reloader.watch()
+
+    async def reload(self) -> bool:
+        """Read the policy, JWKS, TLS pair and service password again and use them for new
+        sessions; False, with everything as it was, when one is not usable (SIGHUP,
+        --reload-on-change; policyc.proxy.reload)."""
+        if self._reloader is None:
+            return False
+        return await self._reloader.reload()
+
+    @property
+    def policy_hash(self) -> str:
+        """The version of the policy new sessions get: the hex sha256 of its file."""
+        return policy_hash(self.config.policy)
 
     def connection_counts(self) -> dict[str, int]:
         """The caps' counters now: open connections, those not yet authenticated, sessions
@@ -232,6 +255,8 @@ class ProxyServer:
 
     async def close(self) -> None:
         self.accepting = False
+        if self._reloader is not None:
+            await self._reloader.close()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -357,10 +382,12 @@ class ProxyServer:
             await self._cancel(hello)
             return
         admit = functools.partial(self._authenticated, slot)
-        logged_in = await self._logins.login(hello, reader, writer, deadline, admit,
-                                             self._refusal)
+        # the policy in force now, for the whole session: a reload later changes none of it
+        config, judge, logins = self.config, self.judge, self._logins
+        logged_in = await logins.login(hello, reader, writer, deadline, admit, self._refusal)
         if logged_in is not None:
-            await self._serve(logged_in, reader, writer)
+            assert judge is not None
+            await self._serve(logged_in, reader, writer, config, judge)
 
     async def _cancel(self, message: CancelRequest) -> None:
         """A CancelRequest from the network: act on it here, or hand it to the worker that
@@ -386,23 +413,25 @@ class ProxyServer:
         await send_cancel(self.config.upstream, live.real_pid, live.real_key)
 
     async def _serve(self, login: LoggedIn, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
-        """Welcome the logged-in client and run its session to the end."""
-        assert self.audit is not None and self.judge is not None
+                     writer: asyncio.StreamWriter, config: ProxyConfig, judge: Judge) -> None:
+        """Welcome the logged-in client and run its session to the end, under the policy of
+        ``config`` and ``judge`` (the session's own, whatever a reload does meanwhile)."""
+        assert self.audit is not None
+        policy = config.policy
         upstream = login.upstream
         proxy_pid = self._new_pid()
         proxy_key = secrets.token_bytes(4)
         writer.write(welcome(upstream.parameters, proxy_pid, proxy_key))
         await writer.drain()
         session = Session(session_id=login.session_id, identity=login.identity,
-                          group=login.group, judge=self.judge, audit=self.audit,
+                          group=login.group, judge=judge, audit=self.audit,
                           upstream=upstream, client_reader=reader, client_writer=writer,
                           client_framer=login.framer,
-                          results=self.config.policy.audit.results,
-                          results_limit=self.config.policy.audit.results_limit_bytes,
-                          approvals=self.approvals,
-                          hold_seconds=self.config.policy.approvals.hold_seconds,
-                          valid_for_seconds=self.config.policy.approvals.valid_for_seconds,
+                          results=policy.audit.results,
+                          results_limit=policy.audit.results_limit_bytes,
+                          approvals=self.approvals if policy.approvals.approvers else None,
+                          hold_seconds=policy.approvals.hold_seconds,
+                          valid_for_seconds=policy.approvals.valid_for_seconds,
                           timeout_ceilings=login.ceilings, row_budget_left=login.rows_left,
                           metrics=self.metrics)
         self.sessions[proxy_pid] = _Live(session, proxy_key, upstream.backend_pid,

@@ -17,6 +17,13 @@ one's spool on start, as any proxy does after a crash: every record acknowledged
 death is delivered), and stops them all on SIGTERM or SIGINT.  A worker that dies again and
 again within seconds of its start (a configuration the database refuses, a spool owned by
 another database) stops the whole proxy instead of looping.  See docs/deployment.md.
+
+SIGHUP reloads (:mod:`policyc.proxy.reload`): one process reloads itself; a supervisor passes
+the signal on to every worker, and, with ``--reload-on-change``, is the one that watches the
+files.  It also checks the policy itself and keeps the newest one that passed, so that a
+worker it restarts serves the policy the others serve, not the one the proxy started with.
+A process holds SIGHUP blocked until its handler is in place (a worker inherits the block
+from its supervisor), so a reload asked for while it starts waits instead of killing it.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from policyc import logs
+from policyc.proxy import reload
 from policyc.proxy.cancels import make_cancel_dir, remove_cancel_dir
 from policyc.proxy.config import ProxyConfig
 from policyc.proxy.server import ProxyServer
@@ -65,7 +73,8 @@ def worker_config(config: ProxyConfig, index: int, *, count: int,
     and the directory of the workers' cancel sockets."""
     return replace(config, spool_dir=worker_spool(config.spool_path(), index),
                    proxy_name=f"{config.proxy_name}-{index}", reuse_port=True,
-                   worker_index=index, workers=count, cancel_dir=cancel_dir)
+                   worker_index=index, workers=count, cancel_dir=cancel_dir,
+                   reload_on_change=False)  # the supervisor watches, and passes SIGHUP on
 
 
 #: Allocations (net of frees) between two young-generation collections; CPython's default is
@@ -90,8 +99,18 @@ def settle_heap() -> None:
 
 
 def serve(config: ProxyConfig, out: TextIO) -> None:
-    """Run one proxy until SIGINT or SIGTERM, then close it (sessions, spool, audit log)."""
+    """Run one proxy until SIGINT or SIGTERM, then close it (sessions, spool, audit log);
+    SIGHUP reloads it."""
+    # until the handler is in place a SIGHUP waits (pending) instead of ending the process;
+    # threads started meanwhile keep it blocked, so it reaches the event loop's thread.  The
+    # mask is given back at the end (a proxy that fails to start must not leave its caller,
+    # and whatever that caller starts later, with SIGHUP blocked)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
     async def run() -> None:
+        nonlocal config
+        if config.workers > 1:  # started (or restarted) by a supervisor
+            config = await reload.current_credential(config)
         server = ProxyServer(config)
         await server.start()
         settle_heap()
@@ -99,13 +118,23 @@ def serve(config: ProxyConfig, out: TextIO) -> None:
         print(f"policyc proxy: listening on {config.listen_host}:{server.port}, upstream "
               f"{up.host}:{up.port}/{up.dbname}", file=out, flush=True)
         stop, at_once = asyncio.Event(), asyncio.Event()
+        reloads: set[asyncio.Task[bool]] = set()
 
         def on_signal() -> None:  # the second SIGTERM or SIGINT: stop without waiting
             (at_once if stop.is_set() else stop).set()
 
+        def on_hangup() -> None:  # reloads run one at a time (the reloader's lock)
+            if stop.is_set():
+                return
+            task = asyncio.ensure_future(server.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         await stop.wait()
         log.info("shutting down: no new connections; sessions end with 57P01 once their "
                  "statements are answered, within %.0f s (signal again: at once)",
@@ -120,6 +149,8 @@ def serve(config: ProxyConfig, out: TextIO) -> None:
         uvloop.run(run())
     except ImportError:
         asyncio.run(run())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _die_with_parent() -> None:
@@ -149,17 +180,24 @@ class Supervisor:
 
     def __init__(self, config: ProxyConfig, count: int, *,
                  target: Callable[[ProxyConfig], None] = _worker_main) -> None:
-        self.config = config
+        self.config = config  # with the newest policy that passed a reload's checks
         self.count = count
         self._target = target
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
+        self._hangup = False  # a SIGHUP to pass on
         self.cancel_dir: Path | None = None
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT (exit 0) or a crash loop (exit 1)."""
+        """Serve until SIGTERM/SIGINT (exit 0) or a crash loop (exit 1); pass SIGHUP on."""
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
+        # whoever started the supervisor may have left SIGHUP blocked (the mask is inherited)
+        mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+        watch = self.config.reload_on_change
+        seen = reload.stamps(reload.watched_files(self.config)) if watch else {}
+        next_look = time.monotonic() + reload.POLL_SECONDS
         try:
             # one private directory for the run: a restarted worker finds its siblings there
             self.cancel_dir = make_cancel_dir(f"worker-{self.count - 1}.sock")
@@ -169,6 +207,15 @@ class Supervisor:
             while not self._stopping:
                 sentinels = [w.process.sentinel for w in self._workers.values()]
                 multiprocessing.connection.wait(sentinels, timeout=0.5)
+                if watch and time.monotonic() >= next_look:
+                    next_look = time.monotonic() + reload.POLL_SECONDS
+                    now = reload.stamps(reload.watched_files(self.config))
+                    if reload.changed(seen, now):
+                        self._hangup = True
+                    seen = now
+                if self._hangup and not self._stopping:
+                    self._hangup = False
+                    self._reload()
                 for worker in list(self._workers.values()):
                     if self._stopping or worker.process.is_alive():
                         continue
@@ -182,10 +229,29 @@ class Supervisor:
                 remove_cancel_dir(self.cancel_dir)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def pids(self) -> dict[int, int | None]:
         """Each worker's process id, by worker index."""
         return {i: w.process.pid for i, w in self._workers.items()}
+
+    def _on_hangup(self, signum: int, _frame: object) -> None:
+        self._hangup = True  # acted on in run(), between two looks at the workers
+
+    def _reload(self) -> None:
+        """Check the files as a worker will, keep the policy for restarts when they pass, and
+        pass SIGHUP on to every worker (each reloads and logs the outcome itself)."""
+        try:
+            checked = reload.check_files(self.config)
+        except reload.ReloadFailed as exc:
+            log.debug("the supervisor keeps its policy for restarts: %s", exc)
+        else:
+            self.config = replace(self.config, policy=checked.policy)
+        for worker in self._workers.values():
+            if worker.process.is_alive() and worker.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.process.pid, signal.SIGHUP)
+        log.info("reload: SIGHUP passed on to %d workers", len(self._workers))
 
     def _stop(self, signum: int, _frame: object) -> None:
         if self._stopping:  # a second signal: the workers stop without waiting either
@@ -201,7 +267,13 @@ class Supervisor:
                                                             count=self.count,
                                                             cancel_dir=self.cancel_dir),),
                                         name=f"policyc-proxy-worker-{index}")
-        process.start()
+        # the worker starts with SIGHUP blocked (inherited) until its handler is in place; a
+        # SIGHUP to the supervisor meanwhile waits here and reaches the new worker too
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._workers[index] = _Worker(index, process, time.monotonic(), quick_deaths)
         log.info("worker %d started (pid %s)", index, process.pid)
 

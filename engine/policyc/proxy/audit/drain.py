@@ -34,7 +34,7 @@ from policyc.proxy.audit.books import Books, Counts, Work
 from policyc.proxy.audit.connect import STATEMENT_TIMEOUT, Connector, close_quietly
 from policyc.proxy.audit.events import rows_json
 from policyc.proxy.audit.failures import sqlstate_of
-from policyc.proxy.audit.sessions import INSERT_SESSIONS, UNLIST_SESSIONS, SessionDesk
+from policyc.proxy.audit.sessions import UNLIST_SESSIONS, SessionDesk
 from policyc.proxy.audit.writer import LogState, Writer
 
 log = logging.getLogger("policyc.proxy.audit")
@@ -262,7 +262,7 @@ class Drainer:
                        if w.kind == "session_end"}.values())
         async with conn.transaction():
             if sessions:
-                await conn.execute(INSERT_SESSIONS, (rows_json(sessions),))
+                await conn.execute(await self._desk.insert_sql(conn), (rows_json(sessions),))
             if statements:
                 await conn.execute(INSERT_STATEMENTS, (rows_json(statements),))
             if closes:

@@ -211,6 +211,7 @@ def session_row(rec: SessionRecord, outcome: str, proxy: str) -> dict[str, Any]:
         "role_name": rec.role, "claims": rec.claims, "client_addr": addr,
         "client_port": rec.client_port, "tls": rec.tls, "tls_version": rec.tls_version,
         "proxy": rec.proxy or proxy, "outcome": outcome, "reason": rec.reason,
+        "policy_hash": rec.policy_hash,
     })
     return row
 

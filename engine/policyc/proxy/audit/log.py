@@ -342,6 +342,16 @@ class AuditLog:
         """Queue the session's close; the drainer closes the row and unregisters the backend."""
         self._desk.end_session(end, backend_pid)
 
+    # --- a reload (policyc.proxy.reload) -------------------------------------------------
+    def use_conninfo(self, conninfo: str) -> None:
+        """Connections opened from now on use ``conninfo`` (a new service password); those
+        open stay as they are."""
+        self._connector.conninfo = conninfo
+
+    def forget_runtime(self) -> None:
+        """Ask the database again which runtime features it has (apply may have upgraded it)."""
+        self._desk.forget_runtime()
+
     def stats(self) -> dict[str, int]:
         """Counters for tests and the benchmark."""
         self._drainer.absorb_pending()

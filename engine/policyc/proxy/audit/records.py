@@ -46,6 +46,8 @@ class SessionRecord:
     tls: bool = False
     tls_version: str | None = None
     proxy: str | None = None
+    # the hex sha256 of the policy the proxy judged the login by (runtime 0.7.0 records it)
+    policy_hash: str | None = None
 
 
 @dataclass(frozen=True)

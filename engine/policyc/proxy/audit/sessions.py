@@ -58,17 +58,27 @@ from policyc.proxy.audit.writer import LogState, Writer
 
 log = logging.getLogger("policyc.proxy.audit")
 
-INSERT_SESSIONS: Final = """
+_INSERT_SESSIONS: Final = """
 INSERT INTO audit.sessions (session_id, started_at, agent, group_name, oidc_groups, role_name,
-    claims, client_addr, client_port, tls, tls_version, proxy, outcome, reason)
+    claims, client_addr, client_port, tls, tls_version, proxy, outcome, reason{column})
 SELECT r.session_id, to_timestamp(r.started_at), r.agent, r.group_name, r.oidc_groups,
     r.role_name, r.claims, r.client_addr, r.client_port, r.tls, r.tls_version, r.proxy,
-    r.outcome, r.reason
+    r.outcome, r.reason{value}
   FROM jsonb_to_recordset(%s::jsonb) AS r(session_id uuid, started_at double precision,
     agent text, group_name text, oidc_groups text[], role_name name, claims jsonb,
     client_addr inet, client_port int, tls boolean, tls_version text, proxy text,
-    outcome text, reason text)
+    outcome text, reason text{type})
 ON CONFLICT (session_id, started_at) DO NOTHING
+"""
+#: Before runtime 0.7.0: no policy_hash column (the rows' policy_hash key is left unread).
+INSERT_SESSIONS: Final = _INSERT_SESSIONS.format(column="", value="", type="")
+#: Runtime 0.7.0: with the policy version of each session.
+INSERT_SESSIONS_HASHED: Final = _INSERT_SESSIONS.format(
+    column=", policy_hash", value=", r.policy_hash", type=", policy_hash text")
+RECORDS_POLICY_HASH: Final = """
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                WHERE attrelid = pg_catalog.to_regclass('audit.sessions')
+                  AND attname = 'policy_hash' AND NOT attisdropped)
 """
 
 REGISTER_SESSION: Final = "SELECT policyc.register_session(%s, %s, %s, %s, %s)"
@@ -131,6 +141,7 @@ class SessionDesk:
         self.instance: uuid.UUID | None = None  # the spool's, set at start
         self.run = uuid.uuid4()
         self.supported: bool | None = None  # runtime 0.5.0 or later; None: not known yet
+        self.hashes_policy: bool | None = None  # runtime 0.7.0 or later; None: not known yet
         self._heartbeat_every = heartbeat_every
         self._dead_after = dead_after
         self._next_heartbeat = 0.0  # monotonic; 0: before the first
@@ -164,7 +175,8 @@ class SessionDesk:
                     async with asyncio.timeout(self._connector.db_timeout):
                         conn = await self._connect()
                         async with conn.transaction():
-                            cur = await conn.execute(INSERT_SESSIONS, (rows_json([row]),))
+                            cur = await conn.execute(await self.insert_sql(conn),
+                                                     (rows_json([row]),))
                             if cur.rowcount != 1:
                                 raise AuditUnavailable("the session id is already recorded",
                                                        "the session was refused")
@@ -197,7 +209,7 @@ class SessionDesk:
         try:
             async with asyncio.timeout(self._connector.db_timeout):
                 conn = await self._connect()
-                await conn.execute(INSERT_SESSIONS, (rows_json([row]),))
+                await conn.execute(await self.insert_sql(conn), (rows_json([row]),))
             return
         except (psycopg.Error, OSError, TimeoutError) as exc:
             await self._drop_conn()
@@ -261,6 +273,22 @@ class SessionDesk:
                 except psycopg.DataError as exc:
                     log.warning("audit: unregistering ended backends failed (%s)",
                                 sqlstate_of(exc))
+
+    # --- the runtime's features -----------------------------------------------------------
+    async def insert_sql(self, conn: psycopg.AsyncConnection[Any]) -> str:
+        """The INSERT of session rows for the database's runtime: with ``policy_hash`` from
+        0.7.0 on (asked once, until :meth:`forget_runtime`)."""
+        if self.hashes_policy is None:
+            cur = await conn.execute(RECORDS_POLICY_HASH)
+            found = await cur.fetchone()
+            self.hashes_policy = bool(found and found[0])
+        return INSERT_SESSIONS_HASHED if self.hashes_policy else INSERT_SESSIONS
+
+    def forget_runtime(self) -> None:
+        """Ask the database again what its runtime supports (it may have been upgraded by
+        ``policyc apply`` since: the proxy is told so by a reload)."""
+        self.supported = None
+        self.hashes_policy = None
 
     # --- instances ------------------------------------------------------------------------
     async def supports_instances(self, conn: psycopg.AsyncConnection[Any]) -> bool:
