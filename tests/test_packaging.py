@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import importlib
+import importlib.util
 import json
 import re
 import shlex
@@ -578,3 +580,71 @@ def test_the_wheel_carries_the_sql_and_plpython_the_proxy_reads(
                     if p.is_file() and "__pycache__" not in p.parts}
         built = {p.relative_to(data / folder) for p in (data / folder).rglob("*") if p.is_file()}
         assert expected and built == expected, folder
+
+
+# ---- the documentation these files point to ----------------------------------------------
+
+DOCS = [ROOT / "docs" / "architecture.md", ROOT / "docs" / "operations.md",
+        PACKAGING / "README.md", ROOT / "README.md"]
+
+
+def slugs(markdown: str) -> set[str]:
+    """GitHub's anchors for a document's headings."""
+    seen: dict[str, int] = {}
+    result: set[str] = set()
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        if in_code or not re.match(r"#{1,6} ", line):
+            continue
+        text = line.lstrip("#").strip().lower()
+        slug = re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        result.add(slug if count == 0 else f"{slug}-{count}")
+    return result
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_path_and_module_a_guide_names_exists(doc: Path) -> None:
+    text = doc.read_text()
+    assert "shared/design" not in text and "../shared" not in text  # not shipped
+    problems = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (doc.parent / path).resolve() if path else doc
+        if not file.exists():
+            problems.append(f"link {target}: no {file}")
+        elif anchor and file.suffix == ".md" and anchor not in slugs(file.read_text()):
+            problems.append(f"link {target}: no heading #{anchor}")
+    if doc.name != "README.md" or doc.parent != ROOT:
+        for name in set(re.findall(r"`((?:engine|sql|plpython|tests|docs|packaging|scripts|"
+                                   r"examples|bench)/[\w./-]*)`", text)):
+            if not (ROOT / name).exists():
+                problems.append(f"path {name} does not exist")
+        for name in set(re.findall(r"`(policyc(?:\.\w+)+)`", text)):
+            if not _resolves(name):
+                problems.append(f"module or name {name} does not exist")
+    assert not problems, "\n".join(problems)
+
+
+def _resolves(dotted: str) -> bool:
+    """``policyc.a.b`` (a module) or ``policyc.a.b.name`` (a name in one) exists; a name
+    whose second part is no module of the package is SQL (``policyc.applied_objects``)."""
+    parts = dotted.split(".")
+    if importlib.util.find_spec(f"policyc.{parts[1]}") is None:
+        return True
+    for cut in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(found, name):
+                return False
+            found = getattr(found, name)
+        return True
+    return False
