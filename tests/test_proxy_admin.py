@@ -255,3 +255,17 @@ def test_reloads_and_the_policy_in_force_are_metrics(watched: Any) -> None:
     assert value(found, "policyc_reloads_total", outcome="failed") == 1
     assert value(found, "policyc_reloads_total", outcome="ok") == 0
     assert value(found, "policyc_policy_info", hash=in_force) == 1
+
+
+@pytest.mark.db
+def test_the_metrics_table_in_the_operators_guide_is_what_is_served(watched: Any) -> None:
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    table = guide.split("## Metrics", 1)[1].split("\n\n", 2)[1]
+    documented = set()
+    for line in table.splitlines()[2:]:
+        first_cell = line.split("|")[1]
+        documented |= {part.strip(" `") for part in first_cell.split(",")}
+    _, _, body = get(admin_port(watched), "/metrics")
+    served = {family.name + ("_total" if family.type == "counter" else "")
+              for family in text_string_to_metric_families(body)}
+    assert documented == served
