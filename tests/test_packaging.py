@@ -492,7 +492,12 @@ def test_the_example_configuration_keeps_deployment_md_s_keys_and_no_secret() ->
     documented = set(tomllib.loads(example.group(1)))
     ours = tomllib.loads(PROXY_TOML.read_text())
     assert documented <= set(ours), f"missing {documented - set(ours)}"
-    upstream = parse_upstream(ours["upstream"])  # what `policyc proxy` makes of it
+    # what `policyc proxy` makes of it, with a CA file that exists here in place of the
+    # deployment's: the example checks who the database is (verify-full), never less
+    assert "sslmode=verify-full" in ours["upstream"]
+    upstream = parse_upstream(re.sub(r"sslrootcert=\S+", "sslrootcert=" + str(
+        ROOT / "examples" / "clinic" / "dev-keys" / "dev-tls.crt"), ours["upstream"]))
+    assert upstream.sslmode == "verify-full"
     assert upstream.password is None or upstream.password == ""
     assert "password" not in ours["upstream"]
 

@@ -21,6 +21,11 @@ from policyc.errors import ConfigFileError, PolicycError
 from policyc.policy.model import Policy
 from policyc.proxy.audit.owner import default_spool_dir
 
+#: libpq's sslmode values the proxy speaks; the last two check who answers.
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+TLS_REQUIRED = frozenset({"require", "verify-ca", "verify-full"})
+VERIFYING = frozenset({"verify-ca", "verify-full"})
+
 
 class ProxyConfigError(PolicycError):
     code = "proxy-config"
@@ -37,6 +42,9 @@ class Upstream:
     service_user: str
     password: str | None = field(default=None, repr=False)
     sslmode: str = "prefer"
+    # the CA file that vouches for the database's certificate (verify-ca, verify-full), or
+    # "system" for the host's trusted CAs
+    sslrootcert: str | None = None
 
     def conninfo(self, user: str | None = None) -> str:
         """A libpq conninfo for the audit connection (the service role by default)."""
@@ -47,7 +55,30 @@ class Upstream:
         }
         if self.password is not None:
             params["password"] = self.password
+        if self.sslrootcert is not None:
+            params["sslrootcert"] = self.sslrootcert
         return make_conninfo("", **params)
+
+    @property
+    def requires_tls(self) -> bool:
+        return self.sslmode in TLS_REQUIRED
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """TLS to the database as libpq does it for ``sslmode``: ``prefer``/``require``
+        encrypt without checking who answers; ``verify-ca`` checks the certificate against
+        ``sslrootcert``; ``verify-full`` also checks it names ``host``."""
+        if self.sslmode not in VERIFYING:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        if self.sslrootcert in (None, "system"):
+            context = ssl.create_default_context()
+        else:
+            context = ssl.create_default_context(cafile=self.sslrootcert)
+        context.check_hostname = self.sslmode == "verify-full"
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     @property
     def is_unix_socket(self) -> bool:
@@ -128,12 +159,31 @@ def parse_upstream(
     if password is None:
         password = _read_password(password_file, password_command)
     sslmode = str(params.get("sslmode") or env.get("PGSSLMODE") or "prefer")
-    if sslmode not in ("disable", "allow", "prefer", "require"):
-        raise ProxyConfigError(
-            f"upstream sslmode {sslmode} is not supported (use disable, prefer or require)"
-        )
+    if sslmode not in SSLMODES:
+        raise ProxyConfigError(f"upstream sslmode {sslmode} is not supported (use one of "
+                               f"{', '.join(SSLMODES)})")
+    sslrootcert = _root_cert(sslmode, params.get("sslrootcert") or env.get("PGSSLROOTCERT"))
     return Upstream(host, port, dbname, user, None if password is None else str(password),
-                    sslmode)
+                    sslmode, sslrootcert)
+
+
+def _root_cert(sslmode: str, given: object) -> str | None:
+    """The CA file for a verifying ``sslmode`` (libpq's default: ~/.postgresql/root.crt),
+    checked now: a proxy that cannot check its database's certificate does not start."""
+    if sslmode not in VERIFYING:
+        return str(given) if given else None
+    if given == "system":
+        return "system"
+    path = Path(str(given)) if given else Path.home() / ".postgresql" / "root.crt"
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ProxyConfigError(
+            f"upstream sslmode={sslmode} needs the CA that signed the database's certificate: "
+            f"sslrootcert={path} cannot be used ({why}); give sslrootcert=FILE in --upstream "
+            "(or PGSSLROOTCERT), or sslrootcert=system for the host's CAs") from None
+    return str(path)
 
 
 @dataclass(frozen=True)

@@ -66,18 +66,23 @@ async def _open(upstream: Upstream) -> tuple[asyncio.StreamReader, asyncio.Strea
     if upstream.is_unix_socket:
         return await asyncio.open_unix_connection(f"{upstream.host}/.s.PGSQL.{upstream.port}")
     reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
-    if upstream.sslmode in ("prefer", "require"):
+    if upstream.sslmode == "prefer" or upstream.requires_tls:
         writer.write(SSL_REQUEST)
         await writer.drain()
         answer = await reader.readexactly(1)
         if parse_encryption_response(answer):
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE  # like libpq's sslmode=require
-            await writer.start_tls(context, server_hostname=upstream.host)
-        elif upstream.sslmode == "require":
+            try:
+                await writer.start_tls(upstream.client_ssl_context(),
+                                       server_hostname=upstream.host)
+            except ssl.SSLCertVerificationError as exc:
+                writer.close()
+                raise UpstreamError("the database's TLS certificate is not trusted "
+                                    f"(sslmode={upstream.sslmode}): "
+                                    f"{exc.verify_message or 'verification failed'}") from None
+        elif upstream.requires_tls:
             writer.close()
-            raise UpstreamError("the database does not accept TLS but sslmode=require")
+            raise UpstreamError(f"the database does not accept TLS but "
+                                f"sslmode={upstream.sslmode}")
     return reader, writer
 
 
