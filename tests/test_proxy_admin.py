@@ -269,3 +269,30 @@ def test_the_metrics_table_in_the_operators_guide_is_what_is_served(watched: Any
     served = {family.name + ("_total" if family.type == "counter" else "")
               for family in text_string_to_metric_families(body)}
     assert documented == served
+
+
+@pytest.mark.db
+def test_a_flood_of_idle_admin_connections_is_capped(watched: Any) -> None:
+    """Connections that never send a request hold at most MAX_ADMIN_CONNECTIONS slots; the
+    rest are closed at once, and agents are served meanwhile."""
+    from policyc.proxy.admin import MAX_ADMIN_CONNECTIONS
+
+    port = admin_port(watched)
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10)
+            for _ in range(MAX_ADMIN_CONNECTIONS)]
+    try:
+        assert wait_for(lambda: len(watched.server.admin._clients) == MAX_ADMIN_CONNECTIONS)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+            assert extra.recv(100) == b""  # closed without an answer
+        with watched.connect("agent-m4", "billing", clinic_id=1) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        for sock in idle:
+            sock.close()
+
+    def live() -> bool:
+        try:
+            return get(port, "/live")[0] == 200
+        except OSError:  # still at the cap for a moment: closed without an answer
+            return False
+    assert wait_for(live)

@@ -37,6 +37,8 @@ log = logging.getLogger("policyc.proxy.admin")
 
 MAX_REQUEST_BYTES: Final = 8192  # request line and headers together
 READ_TIMEOUT: Final = 5.0
+#: Admin requests served at once; more are closed at once (a probe or scraper retries).
+MAX_ADMIN_CONNECTIONS: Final = 32
 #: How long one answer of the upstream check stands (probes come every few seconds, from
 #: several balancers at once: one login per period is enough).
 UPSTREAM_CHECK_TTL: Final = 2.0
@@ -88,6 +90,9 @@ class AdminServer:
     # ---- HTTP ------------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._clients) >= MAX_ADMIN_CONNECTIONS:  # a flood must not use up descriptors
+            writer.close()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._clients.add(task)
