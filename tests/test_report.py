@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 import re
 import uuid
 from pathlib import Path
@@ -269,3 +270,56 @@ def test_the_snapshot_cannot_write(applied_clinic: Database,
     with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         gather.gather(applied_clinic.dsn, now - dt.timedelta(days=1), now, groups=[], tables=[],
                       verify=False)
+
+
+@pytest.mark.slow
+def test_the_report_works_on_a_read_replica(tmp_path: Path) -> None:
+    """A streaming standby of a database with a trail: the report is written from it as an
+    auditor; the integrity verdict says plainly it was not verified there (audit.verify()
+    needs temporary tables), never that the trail is intact."""
+    from conftest import clinic_policy
+    from policyc.apply import apply_policy
+    from policyc.devcluster import (
+        FAST_TEST_SETTINGS,
+        Cluster,
+        _server_user,
+        find_bindir,
+        throwaway_cluster,
+    )
+
+    with throwaway_cluster(FAST_TEST_SETTINGS) as primary:
+        with psycopg.connect(primary.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE clinic")
+        db = Database(primary, "clinic")
+        with db.connect() as conn:
+            conn.execute((CLINIC / "schema.sql").read_text().encode())
+            apply_policy(conn, clinic_policy("clinic"))
+        dsn = auditor(db)
+        record_session(db, "agent-r1", "billing", [{"tables": ["public.claims"]}])
+        # beside the primary, where the server's OS user can reach it (not under pytest's tmp)
+        standby = Cluster(base=primary.base / "standby", settings=FAST_TEST_SETTINGS)
+        standby.base.mkdir()
+        standby.base.chmod(0o700)
+        account = _server_user()
+        if account is not None:
+            os.chown(standby.base, account.pw_uid, account.pw_gid)
+        standby._run([str(find_bindir() / "pg_basebackup"), "-D", str(standby.datadir), "-R",
+                      "-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-p", str(primary.port),
+                      "-U", "postgres", "--no-sync"])
+        (standby.socketdir).mkdir()
+        if account is not None:
+            os.chown(standby.socketdir, account.pw_uid, account.pw_gid)
+        standby.start()
+        try:
+            replica = dsn.replace(f"port={primary.port}", f"port={standby.port}")
+            assert wait_for(lambda: psycopg.connect(replica).execute(
+                "SELECT count(*) FROM audit.statements").fetchone() == (1,))
+            code, out, doc, _ = report(replica, tmp_path, "--policy", POLICY)
+            assert doc, out
+            assert doc["integrity"]["verdict"] != "ok"
+            assert "NOT VERIFIED" in doc["integrity"]["text"]
+            assert "read replica" in doc["integrity"]["text"]
+            assert section(doc, "summary")["figures"]["statements"] == 1
+            assert code == 0, out  # not verified is said, not an error
+        finally:
+            standby.stop()
