@@ -113,9 +113,10 @@ class AdminServer:
         finally:
             if task is not None:
                 self._clients.discard(task)
-        with contextlib.suppress(Exception):
-            writer.write(_response(status, ctype, b"" if head_only else body, len(body)))
-            await writer.drain()
+        with contextlib.suppress(Exception):  # a client that does not read is dropped
+            async with asyncio.timeout(READ_TIMEOUT):
+                writer.write(_response(status, ctype, b"" if head_only else body, len(body)))
+                await writer.drain()
         with contextlib.suppress(Exception):
             writer.close()
 
