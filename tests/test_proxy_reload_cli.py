@@ -25,7 +25,7 @@ from conftest import Database
 from policyc.devcluster import free_port
 from proxyharness import DEV_KEYS, GROUPS, wait_for, write_clinic_policy
 from test_proxy_reload import allow_size, may_size, session_of, versions
-from workerharness import workers_of
+from workerharness import stop_process, workers_of
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -93,13 +93,7 @@ def proxy_process(db: Database, tmp_path: Path, *args: str, listening: int = 1,
             pytest.fail(f"the proxy did not start: {running.out} {running.log}")
         yield running
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 def reloaded(process: Process, count: int, digest: str) -> Callable[[], bool]:

@@ -83,6 +83,17 @@ class Supervised:
         return by_index
 
 
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM a proxy process still running (a graceful stop), SIGKILL it after 60 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @contextlib.contextmanager
 def supervise(db: Database, spool: Path, count: int = 2,
               extra: tuple[str, ...] = ()) -> Iterator[Supervised]:
@@ -107,10 +118,4 @@ def supervise(db: Database, spool: Path, count: int = 2,
             pytest.fail(f"the workers did not start: {running.output}")
         yield running
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)

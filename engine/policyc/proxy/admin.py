@@ -121,8 +121,7 @@ class AdminServer:
             writer.close()
 
     async def _answer(self, head: bytes) -> tuple[int, str, bytes]:
-        if len(head) > MAX_REQUEST_BYTES:
-            return 431, "text/plain", b"request header fields too large\n"
+        """The answer to one request head (at most MAX_REQUEST_BYTES: the reader's limit)."""
         line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = line.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -195,7 +194,7 @@ async def _key_problem(keys: object) -> str | None:
 
 
 _REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                   431: "Request Header Fields Too Large", 500: "Internal Server Error",
+                   500: "Internal Server Error",
                    503: "Service Unavailable"}
 
 

@@ -167,20 +167,20 @@ class ProxyCollector:
         if audit is None:
             return
         health = audit.health()
-        yield GaugeMetricFamily("policyc_spool_bytes", "Bytes in the audit spool on disk.",
-                                value=health.spool_bytes)
-        yield GaugeMetricFamily("policyc_spool_limit_bytes",
-                                "The spool's limit: past it, statements are refused (58030).",
-                                value=health.spool_limit)
-        yield GaugeMetricFamily("policyc_audit_records_pending",
-                                "Records durable in the spool, not yet in the database.",
-                                value=health.pending)
-        yield GaugeMetricFamily("policyc_audit_oldest_pending_seconds",
-                                "Age of the oldest record waiting for the drain (0: none).",
-                                value=health.oldest_pending_seconds)
-        yield GaugeMetricFamily("policyc_audit_outage",
-                                "1 while the drain cannot reach the database.",
-                                value=int(health.outage))
+        gauges = (("policyc_spool_bytes", "Bytes in the audit spool on disk.",
+                   health.spool_bytes),
+                  ("policyc_spool_limit_bytes",
+                   "The spool's limit: past it, statements are refused (58030).",
+                   health.spool_limit),
+                  ("policyc_audit_records_pending",
+                   "Records durable in the spool, not yet in the database.", health.pending),
+                  ("policyc_audit_oldest_pending_seconds",
+                   "Age of the oldest record waiting for the drain (0: none).",
+                   health.oldest_pending_seconds),
+                  ("policyc_audit_outage", "1 while the drain cannot reach the database.",
+                   int(health.outage)))
+        for name, doc, gauge in gauges:
+            yield GaugeMetricFamily(name, doc, value=gauge)
         yield _histogram("policyc_spool_flush_seconds",
                          "One group-committed spool write and fdatasync.", health.flushes)
         counters = (("policyc_audit_outages", "Times the drain lost the database.", "outages"),
